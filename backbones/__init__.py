@@ -1,0 +1,24 @@
+"""SE-Net backbones: one registry of every architecture of the paper, plain and with SE."""
+
+from . import resnet  # noqa: F401  (family modules register their models on import)
+from ._base import Backbone
+from ._builder import accepted_kwargs, create_model
+from ._features import FeatureInfo, FeatureListNet
+from ._registry import is_model, list_models, model_class, register_model
+from .complexity import model_complexity
+from .layers import SEBlock, SEConfig
+
+__all__ = [
+    "Backbone",
+    "FeatureInfo",
+    "FeatureListNet",
+    "SEBlock",
+    "SEConfig",
+    "accepted_kwargs",
+    "create_model",
+    "is_model",
+    "list_models",
+    "model_class",
+    "model_complexity",
+    "register_model",
+]

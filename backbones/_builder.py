@@ -1,0 +1,105 @@
+"""``create_model``: validate the name and every keyword, then build (optionally as features)."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Sequence
+
+from torch import nn
+
+from ._base import Backbone
+from ._features import FeatureListNet
+from ._registry import model_class, model_entrypoint
+from .layers.se import SEConfig
+
+# create_model keywords that configure the SE block; `se` switches it on or off.
+SE_KWARGS = ("se_reduction", "se_squeeze", "se_gate", "se_placement", "se_stages")
+BUILD_KWARGS = ("features_only", "out_indices")
+
+
+def accepted_kwargs(model_cls: type[Backbone]) -> list[str]:
+    """Every keyword ``create_model`` accepts for a model of this class."""
+    params = [p for p in inspect.signature(model_cls).parameters if p != "se"]
+    return sorted(params + ["se", *SE_KWARGS, *BUILD_KWARGS])
+
+
+def _check_kwargs(model_cls: type[Backbone], kwargs: dict[str, Any], name: str) -> None:
+    accepted = accepted_kwargs(model_cls)
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(
+                f"{name} ({model_cls.__name__}) got an unexpected keyword {key!r}.{hint} "
+                f"Accepted keywords: {', '.join(accepted)}"
+            )
+
+
+def _se_config(model_cls: type[Backbone], kwargs: dict[str, Any], name: str) -> SEConfig | None:
+    """Pop the SE keywords from ``kwargs`` into an SEConfig (None for a plain model)."""
+    knobs = {k[len("se_"):]: kwargs.pop(k) for k in SE_KWARGS if k in kwargs}
+    if not kwargs.pop("se", False):
+        if knobs:
+            raise ValueError(
+                f"{name} has SE switched off, so {sorted('se_' + k for k in knobs)} would do "
+                f"nothing; use the se_ model or pass se=True"
+            )
+        return None
+    if knobs.get("stages") is not None:
+        stages = tuple(int(s) for s in knobs["stages"])
+        bad = [s for s in stages if s not in model_cls.se_stage_ids]
+        if bad or not stages:
+            raise ValueError(
+                f"se_stages={list(stages)} is not valid for {name}: stages are numbered "
+                f"{list(model_cls.se_stage_ids)}"
+            )
+        knobs["stages"] = stages
+    config = SEConfig(**knobs)
+    if config.placement not in model_cls.se_placements:
+        raise ValueError(
+            f"se_placement={config.placement!r} is not implemented for {name} "
+            f"({model_cls.__name__}); expected one of {list(model_cls.se_placements)}"
+        )
+    return config
+
+
+def build_model(
+    model_cls: type[Backbone], name: str, defaults: dict[str, Any], kwargs: dict[str, Any]
+) -> nn.Module:
+    """Build ``model_cls`` from an entrypoint's ``defaults`` overridden by the caller's ``kwargs``."""
+    _check_kwargs(model_cls, kwargs, name)
+    args = {**defaults, **kwargs}
+    features_only = args.pop("features_only", False)
+    out_indices: Sequence[int] | None = args.pop("out_indices", None)
+    if out_indices is not None and not features_only:
+        raise ValueError(f"{name}: out_indices is only used with features_only=True")
+    args["se"] = _se_config(model_cls, args, name)
+    model = model_cls(**args)
+    model.model_name = name
+    if features_only:
+        feature_net = FeatureListNet(model, out_indices)
+        feature_net.model_name = name
+        return feature_net
+    return model
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registry model by name.
+
+    Args:
+        name (str): a name from ``list_models()``, e.g. "se_resnet50".
+        **kwargs: the model class's constructor arguments (``num_classes``, ``in_chans``,
+            ``stride_in_1x1``, ...), the SE knobs (``se``, ``se_reduction``, ``se_squeeze``,
+            ``se_gate``, ``se_placement``, ``se_stages``), and ``features_only``/``out_indices``.
+
+    Returns:
+        The model, or with ``features_only=True`` a module returning a list of feature maps
+        described by its ``feature_info``.
+
+    Raises:
+        ValueError: unknown name or keyword (with close matches), or an invalid SE knob.
+    """
+    model_cls = model_class(name)
+    _check_kwargs(model_cls, kwargs, name)
+    return model_entrypoint(name)(**kwargs)
