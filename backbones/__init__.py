@@ -1,6 +1,6 @@
 """SE-Net backbones: one registry of every architecture of the paper, plain and with SE."""
 
-from . import resnet  # noqa: F401  (family modules register their models on import)
+from . import mobilenet, resnet, shufflenet, vgg  # noqa: F401  (families register on import)
 from ._base import Backbone
 from ._builder import accepted_kwargs, create_model
 from ._features import FeatureInfo, FeatureListNet

@@ -63,8 +63,14 @@ class SEBlock(nn.Module):
         s = x.mean((2, 3)) if self.squeeze == "avg" else x.amax((2, 3))
         return self.gate(self.fc2(self.act(self.fc1(s))))[:, :, None, None]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.excitation(x)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` rescaled by its excitation; plus ``residual`` if given.
+
+        Passing the residual lets the rescale and the residual sum run as one ``addcmul``: one
+        pass over memory instead of two, which is most of what SE costs at inference.
+        """
+        scale = self.excitation(x)
+        return x * scale if residual is None else torch.addcmul(residual, x, scale)
 
 
 SqueezeExcite = SEBlock
@@ -108,7 +114,8 @@ class ResidualSE:
 
     Sites: "pre" (on the block input, before the branch), "3x3" (inside the branch, after the 3x3
     conv), "standard" (end of the branch, before the sum), "identity" (on the shortcut),
-    "post" (after the sum and its activation).
+    "post" (after the sum and its activation). A block calls ``se_at(site, x)`` at the first two
+    and the last site, and ``residual_sum(branch, shortcut)`` for the sum.
     """
 
     se: nn.Module | None
@@ -122,7 +129,16 @@ class ResidualSE:
         self.se = se.block(channels) if se is not None and self.se_site else None
 
     def se_at(self, site: str, x: torch.Tensor) -> torch.Tensor:
+        """SE at the "pre", "3x3" or "post" site, if the block has it there."""
         return self.se(x) if self.se_site == site else x
+
+    def residual_sum(self, branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """branch + shortcut, with SE at the "standard" or "identity" site fused into the sum."""
+        if self.se_site == "standard":
+            return self.se(branch, shortcut)
+        if self.se_site == "identity":
+            return self.se(shortcut, branch)
+        return branch + shortcut
 
 
 def make_se(se: SEConfig | None, channels: int, stage: int, placement: str = "standard") -> nn.Module | None:
