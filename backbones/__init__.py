@@ -1,6 +1,14 @@
 """SE-Net backbones: one registry of every architecture of the paper, plain and with SE."""
 
-from . import mobilenet, resnet, shufflenet, vgg  # noqa: F401  (families register on import)
+from . import (  # noqa: F401  (families register their models on import)
+    mobilenet,
+    preact_resnet,
+    resnet,
+    shake_shake,
+    shufflenet,
+    vgg,
+    wide_resnet,
+)
 from ._base import Backbone
 from ._builder import accepted_kwargs, create_model
 from ._features import FeatureInfo, FeatureListNet
