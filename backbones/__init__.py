@@ -1,6 +1,8 @@
 """SE-Net backbones: one registry of every architecture of the paper, plain and with SE."""
 
 from . import (  # noqa: F401  (families register their models on import)
+    bn_inception,
+    inception_resnet_v2,
     mobilenet,
     preact_resnet,
     resnet,

@@ -28,8 +28,6 @@ PAPER = [
     ("se_bn_inception", {}, None, 2.04, "Table 2"),
     ("mobilenet_v1", {}, 4.2, 0.569, "Table 3"),
     ("se_mobilenet_v1", {}, 4.7, 0.572, "Table 3"),
-    ("shufflenet_v1_g3", {}, 1.8, 0.140, "Table 3"),
-    ("se_shufflenet_v1_g3", {}, 2.4, 0.142, "Table 3"),
     ("se_resnet50", {"se_reduction": 4}, 35.7, None, "Table 10"),
     ("se_resnet50", {"se_reduction": 8}, 30.7, None, "Table 10"),
     ("se_resnet50", {"se_reduction": 32}, 26.9, None, "Table 10"),
@@ -39,6 +37,30 @@ PAPER = [
     ("se_resnet50", {"se_placement": "3x3"}, 25.8, 3.86, "Table 15"),
     ("se_resnet50", {"se_squeeze": "none"}, 28.1, 4.27, "Table 16"),
 ]
+
+
+# Paper figures that the faithful architecture cannot meet; README.md ("Where the counts differ
+# from the paper") says why. (model, quantity, paper figure, our count), params in M, MACs in G.
+KNOWN_GAPS = [
+    # ShuffleNet 1x (g=3) is 137 MFLOPs in ShuffleNet's own Table 1; "140" is its budget label.
+    # Its parameter figures fit truncation to 0.1M (1.866 -> 1.8), not rounding.
+    ("shufflenet_v1_g3", "params", 1.8, 1.8657),
+    ("se_shufflenet_v1_g3", "params", 2.4, 2.4845),
+    ("shufflenet_v1_g3", "macs", 0.140, 0.13746),
+    ("se_shufflenet_v1_g3", "macs", 0.142, 0.13968),
+    # The TF-slim Inception-ResNet-v2 (timm's, with public weights) is 13.16 GMACs at 299; the
+    # paper's 11.75 matches neither it nor the Inception-v4 paper's Fig. 15 layout (9.26).
+    ("inception_resnet_v2", "macs", 11.75, 13.1558),
+    ("se_inception_resnet_v2", "macs", 11.76, 13.1758),
+]
+
+
+@pytest.mark.parametrize("name,quantity,paper,ours", KNOWN_GAPS)
+def test_known_gaps_stay_as_documented(name, quantity, paper, ours):
+    model = backbones.create_model(name)
+    measured = backbones.model_complexity(model, model.default_input_size)[quantity]
+    measured /= 1e6 if quantity == "params" else 1e9
+    assert abs(measured / ours - 1) < 0.001, f"{name}: {quantity} {measured:.4f}, documented {ours}"
 
 
 @pytest.mark.parametrize("name,kwargs,params,gmacs,source", PAPER,
