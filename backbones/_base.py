@@ -28,10 +28,12 @@ class Backbone(nn.Module):
     num_features: int
     feature_info: list[dict]
 
-    def init_head(self, num_features: int, num_classes: int, drop_rate: float = 0.0) -> None:
+    def init_head(
+        self, num_features: int, num_classes: int, drop_rate: float = 0.0, pool_size: int = 1
+    ) -> None:
         self.num_features = num_features
         self.num_classes = num_classes
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.global_pool = nn.AdaptiveAvgPool2d(pool_size)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 

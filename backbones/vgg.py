@@ -81,9 +81,6 @@ class VGG(Backbone):
                 in_chs = out_chs
             self.add_module(f"stage{i + 1}", nn.Sequential(*units, nn.MaxPool2d(2, stride=2)))
             self.add_feature(in_chs, 2 ** (i + 1), f"stage{i + 1}")
-        # init_head makes global_pool/head_drop/fc; registering global_pool first keeps the
-        # children in forward order (stages, global_pool, pre_logits, head_drop, fc).
-        self.global_pool = nn.AdaptiveAvgPool2d(7)
         self.pre_logits = nn.Sequential(OrderedDict([
             ("fc6", nn.Linear(in_chs * 7 * 7, mlp_width)),
             ("act6", nn.ReLU(inplace=True)),
@@ -91,8 +88,8 @@ class VGG(Backbone):
             ("fc7", nn.Linear(mlp_width, mlp_width)),
             ("act7", nn.ReLU(inplace=True)),
         ]))
-        self.init_head(mlp_width, num_classes, drop_rate)
-        self.global_pool = nn.AdaptiveAvgPool2d(7)  # init_head's 1x1 pool would drop fc6's 7x7
+        # fc6 reads a 7x7 map: pooling to 7x7 is the identity at 224 and lets other sizes work.
+        self.init_head(mlp_width, num_classes, drop_rate, pool_size=7)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,15 +22,6 @@ PLAIN = [
 ]
 ALL = PLAIN + [f"se_{name}" for name in PLAIN]
 
-# Parameter counts the original papers give, rounded to 0.1M (hence the 3% tolerance).
-PARAM_TARGETS = {
-    "preact_resnet110": 1.7e6,
-    "preact_resnet164": 1.7e6,
-    "wrn16_8": 11.0e6,
-    "shake_shake26_2x96d": 26.2e6,
-    "shake_even29_2x4x64d": 34.4e6,
-}
-
 # SE sites of each model with standard placement: (number of SE blocks, channels, map size).
 SE_SITES = {
     "preact_resnet110": [(18, 16, 32), (18, 32, 16), (18, 64, 8)],
@@ -42,75 +33,21 @@ SE_SITES = {
 }
 
 
-def _se_params(channels: int, r: int = 16) -> int:
-    hidden = max(1, channels // r)
-    return 2 * channels * hidden + hidden + channels
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_forward_backward(name: str) -> None:
-    torch.manual_seed(0)
-    model = backbones.create_model(name)
-    assert model.default_input_size == (3, 32, 32), f"{name}: input size {model.default_input_size}"
-    model.train()
-    out = model(torch.randn(2, 3, 32, 32))
-    assert out.shape == (2, 10), f"{name}: output shape {tuple(out.shape)}, expected (2, 10)"
-    out.sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing, f"{name}: parameters without gradient: {missing[:5]}"
-    assert torch.isfinite(out).all(), f"{name}: non-finite output"
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_features_match_feature_info(name: str) -> None:
-    model = backbones.create_model(name, features_only=True).eval()
-    info = model.feature_info
-    with torch.no_grad():
-        feats = model(torch.randn(1, 3, 32, 32))
-    assert len(feats) == len(info) == 4, f"{name}: {len(feats)} maps for {len(info)} levels"
-    for f, chs, red in zip(feats, info.channels(), info.reduction()):
-        expected = (1, chs, 32 // red, 32 // red)
-        assert tuple(f.shape) == expected, f"{name}: feature {tuple(f.shape)} != {expected}"
+def test_native_input_size() -> None:
+    sizes = {name: backbones.model_class(name).default_input_size for name in ALL}
+    wrong = {name: size for name, size in sizes.items() if size != (3, 32, 32)}
+    assert not wrong, f"native input sizes other than (3, 32, 32): {wrong}"
 
 
 @pytest.mark.parametrize("name", PLAIN)
-def test_forward_features_equals_children(name: str) -> None:
-    """The features extractor runs top-level children in order; that must be the model."""
-    torch.manual_seed(0)
-    model = backbones.create_model(name).eval()
-    x = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        y = x
-        for child_name, child in model.named_children():
-            if child_name == "global_pool":
-                break
-            y = child(y)
-        expected = model.forward_features(x)
-    assert torch.allclose(y, expected), f"{name}: children in order differ from forward_features"
-
-
-@pytest.mark.parametrize("name", PLAIN)
-def test_params_close_to_paper(name: str) -> None:
-    params = _count(backbones.create_model(name))
-    target = PARAM_TARGETS[name]
-    assert abs(params - target) / target < 0.03, f"{name}: {params / 1e6:.3f}M vs {target / 1e6}M"
-
-
-@pytest.mark.parametrize("name", PLAIN)
-def test_se_param_and_mac_delta(name: str) -> None:
+def test_se_sites_and_mac_delta(name: str) -> None:
+    # The parameter delta (Eq. 5) is test_models.py's; this checks where the SE blocks sit.
     plain = backbones.model_complexity(backbones.create_model(name), (3, 32, 32))
     se_model = backbones.create_model(f"se_{name}")
     se = backbones.model_complexity(se_model, (3, 32, 32))
     sites = SE_SITES[name]
     n_blocks = sum(1 for m in se_model.modules() if isinstance(m, SEBlock))
     assert n_blocks == sum(n for n, _, _ in sites), f"{name}: {n_blocks} SE blocks"
-    expected = sum(n * _se_params(c) for n, c, _ in sites)
-    delta = se["params"] - plain["params"]
-    assert delta == expected, f"{name}: SE adds {delta} params, formula says {expected}"
     # SE MACs: the two FC layers plus one multiply per rescaled element.
     expected_macs = sum(n * (2 * c * max(1, c // 16) + c * s * s) for n, c, s in sites)
     delta_macs = se["macs"] - plain["macs"]

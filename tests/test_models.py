@@ -1,15 +1,25 @@
-"""Every registry model: forward, backward, output shape, head API and features, at native size."""
+"""Every registry model: forward, backward, output shape, head API and features, at native size;
+forward_features against the top-level children, at a small size."""
 
 import pytest
 import torch
 
 import backbones
+from backbones.inception_resnet_v2 import InceptionResNetV2
 
 MODELS = backbones.list_models()
 
 
 def _native_input(model, batch=2):
     return torch.randn(batch, *model.default_input_size)
+
+
+def _small_input(model, batch=1):
+    """64 px, or the native size where smaller (CIFAR). Every head pools adaptively; only
+    Inception-ResNet-v2's valid-padded stem needs more (75 px at least)."""
+    side = 75 if isinstance(model, InceptionResNetV2) else 64
+    chans, height, width = model.default_input_size
+    return torch.randn(batch, chans, min(height, side), min(width, side))
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -54,6 +64,30 @@ def test_features_only_shapes_and_strides(name):
         assert abs(f.shape[2] - expected) <= max(2, expected * 0.1), (
             f"{name}: map of {f.shape[2]} px at reduction {red} of a {size[1]} px input"
         )
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_features_is_the_children_in_order(name):
+    """features_only runs the top-level children in order up to the last feature module, so that
+    chain must be forward_features (children after it, e.g. VGG's pre_logits, are the head)."""
+    model = backbones.create_model(name).eval()
+    last = model.feature_info[-1]["module"]
+    x = _small_input(model)
+    with torch.no_grad():
+        y = x
+        for child_name, child in model.named_children():
+            y = child(y)
+            if child_name == last:
+                break
+        expected = model.forward_features(x)
+    assert y.shape == expected.shape, (
+        f"{name}: children up to {last} give {tuple(y.shape)}, forward_features "
+        f"{tuple(expected.shape)}"
+    )
+    assert torch.equal(y, expected), (
+        f"{name}: children up to {last} differ from forward_features by "
+        f"{(y - expected).abs().max().item():.3g}"
+    )
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS if backbones.is_model(n.removeprefix("se_"))
