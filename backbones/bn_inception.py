@@ -21,6 +21,7 @@ from torch import nn
 from ._base import Backbone, init_weights
 from ._builder import build_model
 from ._registry import register_model
+from .layers.conv import conv_bn_act
 from .layers.se import SEConfig, make_se
 
 __all__ = ["BNInception", "InceptionModule"]
@@ -54,14 +55,6 @@ BN_INCEPTION_MODULES: dict[str, ModuleSpec] = {
 }
 
 
-def _conv_bn_act(in_chs: int, out_chs: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    # No conv bias: BN follows every conv (the Caffe model keeps a redundant bias; it is ~0.1%
-    # of the parameters and no MACs).
-    conv = nn.Conv2d(in_chs, out_chs, kernel, stride=stride, padding=kernel // 2, bias=False)
-    layers = [("conv", conv), ("bn", nn.BatchNorm2d(out_chs)), ("act", nn.ReLU(inplace=True))]
-    return nn.Sequential(OrderedDict(layers))
-
-
 class InceptionModule(nn.Module):
     """Four-branch Inception module (1x1 | 1x1-3x3 | 1x1-3x3-3x3 | pool-1x1) + optional SE.
 
@@ -82,22 +75,22 @@ class InceptionModule(nn.Module):
         if spec.pool not in ("avg", "max"):
             raise ValueError(f"pool={spec.pool!r} is not supported; expected 'avg' or 'max'")
         s = spec.stride
-        self.branch1x1 = _conv_bn_act(in_chs, spec.b1x1, 1) if spec.b1x1 else None
+        self.branch1x1 = conv_bn_act(in_chs, spec.b1x1, 1) if spec.b1x1 else None
         self.branch3x3 = nn.Sequential(
-            _conv_bn_act(in_chs, spec.b3x3_reduce, 1),
-            _conv_bn_act(spec.b3x3_reduce, spec.b3x3, 3, stride=s),
+            conv_bn_act(in_chs, spec.b3x3_reduce, 1),
+            conv_bn_act(spec.b3x3_reduce, spec.b3x3, 3, stride=s),
         )
         self.branch3x3dbl = nn.Sequential(
-            _conv_bn_act(in_chs, spec.d3x3_reduce, 1),
-            _conv_bn_act(spec.d3x3_reduce, spec.d3x3, 3),
-            _conv_bn_act(spec.d3x3, spec.d3x3, 3, stride=s),
+            conv_bn_act(in_chs, spec.d3x3_reduce, 1),
+            conv_bn_act(spec.d3x3_reduce, spec.d3x3, 3),
+            conv_bn_act(spec.d3x3, spec.d3x3, 3, stride=s),
         )
         # padding=1 on the strided pool: the same output size as the strided 3x3 convs for any
         # input (Caffe's ceil-mode pool without padding agrees only on even sizes, e.g. 224).
         pool_cls = nn.AvgPool2d if spec.pool == "avg" else nn.MaxPool2d
         pool: list[nn.Module] = [pool_cls(3, stride=s, padding=1)]
         if spec.pool_proj:
-            pool.append(_conv_bn_act(in_chs, spec.pool_proj, 1))
+            pool.append(conv_bn_act(in_chs, spec.pool_proj, 1))
         self.branch_pool = nn.Sequential(*pool)
         self.out_chs = spec.b1x1 + spec.b3x3 + spec.d3x3 + (spec.pool_proj or in_chs)
         self.se = make_se(se, self.out_chs, stage)
@@ -143,11 +136,11 @@ class BNInception(Backbone):
         se: SEConfig | None = None,
     ) -> None:
         super().__init__()
-        self.stem1 = _conv_bn_act(in_chans, 64, 7, stride=2)
+        self.stem1 = conv_bn_act(in_chans, 64, 7, stride=2)
         self.add_feature(64, 2, "stem1")
         # Caffe's stem pools: 3x3/2, no padding, ceil mode (224 -> 112 -> 56 -> 28).
         self.pool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        self.stem2 = nn.Sequential(_conv_bn_act(64, 64, 1), _conv_bn_act(64, 192, 3))
+        self.stem2 = nn.Sequential(conv_bn_act(64, 64, 1), conv_bn_act(64, 192, 3))
         self.add_feature(192, 4, "stem2")
         self.pool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
         in_chs = 192

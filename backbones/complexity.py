@@ -27,11 +27,10 @@ def _linear_macs(m: nn.Linear, out: torch.Tensor) -> int:
 
 
 def _se_macs(m: SEBlock, x: torch.Tensor) -> int:
-    macs = x.numel()  # the channel-wise rescale
-    if m.squeeze == "none":
-        pixels = x.numel() // x.shape[1]
-        macs += 2 * m.fc1.in_features * m.fc1.out_features * pixels
-    return macs
+    # The SE block calls its FC weights functionally, so the Linear hooks do not see them.
+    fc_macs = 2 * m.fc1.in_features * m.fc1.out_features
+    positions = x.shape[0] * (x.shape[2] * x.shape[3] if m.squeeze == "none" else 1)
+    return x.numel() + fc_macs * positions  # the rescale, then the two FC layers
 
 
 def model_complexity(

@@ -24,7 +24,6 @@ closer one, TF-slim, which is also the one with public weights. Residual scales 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
@@ -33,6 +32,7 @@ from torch import nn
 from ._base import Backbone, init_weights
 from ._builder import build_model
 from ._registry import register_model
+from .layers.conv import conv_bn_act
 from .layers.se import SEConfig, make_se
 
 __all__ = ["InceptionResNetV2", "InceptionResNetBlock", "PAPER_SCHEMA", "TF_SLIM"]
@@ -49,25 +49,10 @@ PAPER_SCHEMA: dict[str, Any] = dict(
 STEMS = ("slim", "v4")
 
 
-def _conv(
-    in_chs: int,
-    out_chs: int,
-    kernel: int | tuple[int, int],
-    stride: int = 1,
-    *,
-    valid: bool = False,
-) -> nn.Sequential:
-    """Conv-BN-ReLU; "same" padding unless ``valid`` (the papers' "V" convs)."""
-    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
-    padding = (0, 0) if valid else (kh // 2, kw // 2)
-    conv = nn.Conv2d(in_chs, out_chs, (kh, kw), stride=stride, padding=padding, bias=False)
+def _conv(in_chs: int, out_chs: int, kernel: int | tuple[int, int], stride: int = 1, *,
+          valid: bool = False) -> nn.Sequential:
     # eps 1e-3 as in TF-slim, whose weights are the public ones.
-    layers = [
-        ("conv", conv),
-        ("bn", nn.BatchNorm2d(out_chs, eps=1e-3)),
-        ("act", nn.ReLU(inplace=True)),
-    ]
-    return nn.Sequential(OrderedDict(layers))
+    return conv_bn_act(in_chs, out_chs, kernel, stride, valid=valid, bn_eps=1e-3)
 
 
 class Concat(nn.ModuleList):

@@ -8,7 +8,6 @@ Applications" (arXiv:1704.04861), Table 1 ("1.0 MobileNet-224"); Hu et al.,
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 from ._base import Backbone, init_weights
 from ._builder import build_model
 from ._registry import register_model
+from .layers.conv import conv_bn_act
 from .layers.se import SEConfig, make_se
 
 __all__ = ["MobileNetV1", "DepthwiseSeparable"]
@@ -30,16 +30,6 @@ _MOBILENET_V1_STAGES = (
     ((512, 2),) + ((512, 1),) * 5,
     ((1024, 2), (1024, 1)),
 )
-
-
-def _conv_bn_act(
-    in_chs: int, out_chs: int, kernel: int, *, stride: int = 1, groups: int = 1
-) -> nn.Sequential:
-    conv = nn.Conv2d(
-        in_chs, out_chs, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False
-    )
-    layers = [("conv", conv), ("bn", nn.BatchNorm2d(out_chs)), ("act", nn.ReLU(inplace=True))]
-    return nn.Sequential(OrderedDict(layers))
 
 
 class DepthwiseSeparable(nn.Module):
@@ -63,8 +53,8 @@ class DepthwiseSeparable(nn.Module):
         stage: int = 1,
     ) -> None:
         super().__init__()
-        self.dw = _conv_bn_act(in_chs, in_chs, 3, stride=stride, groups=in_chs)
-        self.pw = _conv_bn_act(in_chs, out_chs, 1)
+        self.dw = conv_bn_act(in_chs, in_chs, 3, stride=stride, groups=in_chs)
+        self.pw = conv_bn_act(in_chs, out_chs, 1)
         self.se = make_se(se, out_chs, stage)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +104,7 @@ class MobileNetV1(Backbone):
             return max(1, int(width * width_multiplier + 0.5))
 
         in_chs = scaled(stem_width)
-        self.stem = _conv_bn_act(in_chans, in_chs, 3, stride=2)
+        self.stem = conv_bn_act(in_chans, in_chs, 3, stride=2)
         reduction = 2
         for i, units in enumerate(stages):
             blocks = []

@@ -17,6 +17,7 @@ from torch import nn
 from ._base import Backbone, init_weights
 from ._builder import build_model
 from ._registry import register_model
+from .layers.conv import conv_bn_act
 from .layers.se import SEConfig, make_se
 
 __all__ = ["VGG"]
@@ -25,17 +26,13 @@ __all__ = ["VGG"]
 _VGG16_WIDTHS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
-def _conv_bn_act(in_chs: int, out_chs: int, se: SEConfig | None, stage: int) -> nn.Sequential:
+def _conv_bn_act_se(in_chs: int, out_chs: int, se: SEConfig | None, stage: int) -> nn.Sequential:
     # The conv keeps its bias, as in VGG-16 and the public vgg16_bn weights (torchvision, timm).
-    layers: list[tuple[str, nn.Module]] = [
-        ("conv", nn.Conv2d(in_chs, out_chs, 3, padding=1)),
-        ("bn", nn.BatchNorm2d(out_chs)),
-        ("act", nn.ReLU(inplace=True)),
-    ]
+    unit = conv_bn_act(in_chs, out_chs, 3, bias=True)
     se_block = make_se(se, out_chs, stage)
     if se_block is not None:
-        layers.append(("se", se_block))
-    return nn.Sequential(OrderedDict(layers))
+        unit.add_module("se", se_block)
+    return unit
 
 
 class VGG(Backbone):
@@ -77,7 +74,7 @@ class VGG(Backbone):
         for i, block in enumerate(widths):
             units = []
             for out_chs in block:
-                units.append(_conv_bn_act(in_chs, out_chs, se, stage=i + 1))
+                units.append(_conv_bn_act_se(in_chs, out_chs, se, stage=i + 1))
                 in_chs = out_chs
             self.add_module(f"stage{i + 1}", nn.Sequential(*units, nn.MaxPool2d(2, stride=2)))
             self.add_feature(in_chs, 2 ** (i + 1), f"stage{i + 1}")

@@ -60,8 +60,16 @@ class SEBlock(nn.Module):
             s = F.conv2d(x, self.fc1.weight[:, :, None, None], self.fc1.bias)
             s = F.conv2d(self.act(s), self.fc2.weight[:, :, None, None], self.fc2.bias)
             return self.gate(s)
-        s = x.mean((2, 3)) if self.squeeze == "avg" else x.amax((2, 3))
-        return self.gate(self.fc2(self.act(self.fc1(s))))[:, :, None, None]
+        # The FC layers are called through F.linear / addmm, not as modules: at inference SE
+        # costs more in per-op overhead than in arithmetic, and this path has the fewest ops.
+        if self.squeeze == "avg":
+            # The mean's 1/HW rides on fc1's matmul (alpha) instead of a division of its own.
+            area = x.shape[2] * x.shape[3]
+            s = torch.addmm(self.fc1.bias, x.sum((2, 3)), self.fc1.weight.t(), alpha=1.0 / area)
+        else:
+            s = F.linear(x.amax((2, 3)), self.fc1.weight, self.fc1.bias)
+        s = F.linear(self.act(s), self.fc2.weight, self.fc2.bias)
+        return self.gate(s)[:, :, None, None]
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` rescaled by its excitation; plus ``residual`` if given.
