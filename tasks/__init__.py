@@ -1,0 +1,1 @@
+"""Downstream tasks: each adapts registry backbones to a real training engine."""

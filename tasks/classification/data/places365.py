@@ -1,0 +1,492 @@
+"""Places365 and ImageNet-style image-folder data modules (224 crops of 256-pixel images).
+
+Places365 (Zhou et al., "Places: A 10 million image database for scene recognition", TPAMI 2017,
+http://places2.csail.mit.edu) is read by torchvision's own ``torchvision.datasets.Places365``, so
+the on-disk layout, the file-list format and the download are torchvision's. The SE paper (Hu et
+al., arXiv:1709.01507, Sec. 6.3, Table 6) trains ResNet-152 and SE-ResNet-152 from scratch on
+Places365-Challenge and reports single 224 centre-crop error on the 36,500 validation images,
+which is why the validation split serves both ``validate`` and ``test`` here.
+
+Augmentation: random-resized 224 crops (Inception-style, the paper's ImageNet recipe) or random
+224 crops of images resized to 256 (the Places365 recipe), plus horizontal flips; evaluation
+resizes to 256 and takes the 224 centre crop. Both normalise with the ImageNet mean and std.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PLACES365_NUM_CLASSES = 365
+TRAIN_CROPS = ("random_resized", "random")
+PLACES365_TRAIN_SPLITS = ("train-standard", "train-challenge")
+
+# Eagerly checked entries per file list: stat-ing all 8M files of Places365-Challenge would take
+# minutes on a network file system, while a spread-out sample catches the usual mistakes (wrong
+# data_dir, small/large mix-up, an archive not extracted or extracted under another name).
+_SAMPLE_CHECKS = 64
+
+
+def train_transform(*, train_crop: str, crop_size: int, resize_size: int) -> v2.Compose:
+    """Training transform: random crop + horizontal flip + ImageNet normalisation.
+
+    Args:
+        train_crop: ``"random_resized"`` (RandomResizedCrop to ``crop_size``) or ``"random"``
+            (resize the shorter side to ``resize_size``, then a random ``crop_size`` crop).
+        crop_size: side of the square crop fed to the network.
+        resize_size: shorter side after resizing, for ``"random"``.
+    """
+    if train_crop == "random_resized":
+        crop = [v2.RandomResizedCrop(crop_size, antialias=True)]
+    elif train_crop == "random":
+        crop = [v2.Resize(resize_size, antialias=True), v2.RandomCrop(crop_size)]
+    else:
+        raise ValueError(f"data.train_crop must be one of {TRAIN_CROPS}, got {train_crop!r}")
+    return v2.Compose([*crop, v2.RandomHorizontalFlip(), *_to_normalised_tensor()])
+
+
+def eval_transform(*, crop_size: int, resize_size: int) -> v2.Compose:
+    """Evaluation transform: resize the shorter side, centre crop, ImageNet normalisation.
+
+    Args:
+        crop_size: side of the centre crop.
+        resize_size: shorter side after resizing.
+    """
+    resize = [v2.Resize(resize_size, antialias=True), v2.CenterCrop(crop_size)]
+    return v2.Compose([*resize, *_to_normalised_tensor()])
+
+
+def _to_normalised_tensor() -> list[Callable]:
+    return [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ]
+
+
+def _check_sizes(crop_size: int, resize_size: int) -> None:
+    if not 0 < crop_size <= resize_size:
+        raise ValueError(
+            f"data.crop_size must be positive and at most data.resize_size, got crop_size="
+            f"{crop_size}, resize_size={resize_size} (the paper: 224 crops of 256 images)"
+        )
+
+
+class ImageLoader:
+    """Opens an image as RGB; a missing or unreadable file raises an error naming it.
+
+    A class rather than a closure so that DataLoader worker processes can pickle it.
+
+    Args:
+        source: where the path came from, quoted in errors (a file list, or a folder).
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __call__(self, path: str) -> Image.Image:
+        try:
+            with open(path, "rb") as fh:
+                return Image.open(fh).convert("RGB")  # convert() decodes: truncation fails here
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image {path} ({self.source}) does not exist") from None
+        except OSError as err:  # PIL.UnidentifiedImageError and truncated files are OSErrors
+            raise ValueError(f"cannot read image {path} ({self.source}): {err}") from err
+
+
+def places365_layout(
+    data_dir: str | Path, split: str = "train-standard", small: bool = True
+) -> str:
+    """The directory layout torchvision's Places365 expects, as text for error messages.
+
+    Args:
+        data_dir: the dataset root.
+        split: the training split, ``"train-standard"`` or ``"train-challenge"``.
+        small: the 256x256 images (True) or the large ones (False).
+    """
+    size = "256" if small else "large"
+    variant = split.split("-")[1]
+    return (
+        f"expected layout (torchvision.datasets.Places365, split={split!r}, small={small}):\n"
+        f"  {data_dir}/categories_places365.txt      '/a/airfield 0' per line, 365 lines\n"
+        f"  {data_dir}/places365_{split.replace('-', '_')}.txt   '/a/airfield/00000001.jpg 0'\n"
+        f"  {data_dir}/places365_val.txt             'Places365_val_00000001.jpg 165'\n"
+        f"  {data_dir}/data_{size}_{variant}/a/airfield/00000001.jpg ...\n"
+        f"  {data_dir}/val_{size}/Places365_val_00000001.jpg ...\n"
+        "Pass --data.download true to download it with torchvision, or point --data.data_dir at "
+        "an existing copy."
+    )
+
+
+class _Places365(datasets.Places365):
+    """torchvision's Places365 with existence-only list checks and compact per-image storage.
+
+    torchvision checks the MD5 of the file lists: that rejects any list but the official ones
+    (a subset made for a quick run, or the tiny trees the tests write) and hashes the 8M-line
+    Challenge list in every process at every start. The image archives keep their MD5 check on
+    download. The (path, label) list of 8M Python objects is replaced by two numpy arrays:
+    DataLoader workers touching Python objects copy their pages (reference counts), which with
+    8 workers per GPU would duplicate about 1.5 GB per worker.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        split: str,
+        small: bool,
+        download: bool = False,
+        transform: Callable | None = None,
+        loader: Callable | None = None,
+        layout: str = "",
+    ) -> None:
+        self.layout = layout  # read by _check_integrity, which super().__init__ calls
+        super().__init__(root, split=split, small=small, download=download, transform=transform)
+        self.list_file = os.path.join(root, self._FILE_LIST_META[split][0])
+        self.loader = loader or ImageLoader(f"listed in {self.list_file}")
+        prefix = len(self.images_dir) + len(os.sep)
+        self.files = np.array([p[prefix:].encode() for p, _ in self.imgs])
+        self.labels = self.targets
+        del self.imgs, self.targets
+
+    def _check_integrity(self, file: str, md5: str, download: bool) -> bool:
+        if os.path.isfile(file):
+            return True
+        if download:
+            return False  # torchvision then downloads the file lists
+        raise FileNotFoundError(f"{file} does not exist;\n{self.layout}")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = self.loader(os.path.join(self.images_dir, self.files[index].decode()))
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+def read_places365_categories(file: str | Path) -> list[str]:
+    """Class names of ``categories_places365.txt``, in label order, after checking the format.
+
+    Args:
+        file: the categories file, ``NAME INDEX`` per line with indices 0..N-1.
+
+    Raises:
+        ValueError: a malformed line, or indices that are not 0..N-1 (names the file and line).
+    """
+    names: dict[int, str] = {}
+    with open(file) as fh:
+        for line_no, line in enumerate(fh, 1):
+            fields = line.split()
+            if len(fields) != 2 or not fields[1].isdigit():
+                raise ValueError(
+                    f"{file}, line {line_no}: expected 'NAME INDEX', got {line.rstrip()!r}"
+                )
+            names[int(fields[1])] = fields[0]
+    if sorted(names) != list(range(len(names))) or not names:
+        raise ValueError(
+            f"{file}: class indices must be 0..N-1 with N > 0, got {sorted(names)[:10]}..."
+        )
+    return [names[i] for i in range(len(names))]
+
+
+def _read_list(
+    root: str, *, split: str, small: bool, transform: Callable, num_classes: int, layout: str
+) -> _Places365:
+    """Build torchvision's dataset for one split, then check its labels and a sample of files."""
+    list_file = os.path.join(root, datasets.Places365._FILE_LIST_META[split][0])
+    try:
+        dataset = _Places365(root, split=split, small=small, transform=transform, layout=layout)
+    except (ValueError, AttributeError, TypeError) as err:
+        # torchvision's parser fails on a blank line or a non-integer label without naming either
+        raise ValueError(f"{list_file}: {_first_malformed_line(list_file)} ({err})") from err
+    _check_labels(dataset.labels, num_classes=num_classes, list_file=list_file)
+    dataset.labels = np.asarray(dataset.labels, dtype=np.int64)
+    _check_sample(dataset, list_file=list_file, layout=layout)
+    return dataset
+
+
+def _first_malformed_line(list_file: str) -> str:
+    line_no = 0
+    with open(list_file) as fh:
+        for line_no, line in enumerate(fh, 1):
+            fields = line.split()
+            if len(fields) not in (1, 2) or not fields[-1].lstrip("-").isdigit():
+                return f"line {line_no}: expected 'IMAGE LABEL', got {line.rstrip()!r}"
+    return "cannot parse the file list" if line_no else "the file list is empty"
+
+
+def _check_labels(labels: Sequence[int | None], *, num_classes: int, list_file: str) -> None:
+    for index, label in enumerate(labels):  # a Python loop: 8M labels take well under a second
+        if label is None:
+            raise ValueError(f"{list_file}, line {index + 1}: no label (expected 'IMAGE LABEL')")
+        if not 0 <= label < num_classes:
+            raise ValueError(
+                f"{list_file}, line {index + 1}: label {label} is outside 0..{num_classes - 1} "
+                f"(num_classes={num_classes} from categories_places365.txt)"
+            )
+
+
+def _check_sample(dataset: _Places365, *, list_file: str, layout: str) -> None:
+    images_dir = dataset.images_dir
+    if not os.path.isdir(images_dir):
+        hint = ""
+        # The training archives extract to data_256/ (or data_large/); torchvision renames that
+        # folder after its own download, so a hand-extracted archive has the other name.
+        extracted = images_dir.rsplit("_", 1)[0]
+        if dataset.split.startswith("train") and os.path.isdir(extracted):
+            name = os.path.basename(images_dir)
+            hint = f" ({extracted} exists: torchvision names that folder {name})"
+        raise FileNotFoundError(f"image folder {images_dir} does not exist{hint};\n{layout}")
+    count = len(dataset.files)
+    for index in sorted(
+        {round(i * (count - 1) / max(_SAMPLE_CHECKS - 1, 1)) for i in range(_SAMPLE_CHECKS)}
+    ):
+        path = os.path.join(images_dir, dataset.files[index].decode())
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{list_file}, line {index + 1}: image {path} does not exist")
+
+
+class _CropDataModule(L.LightningDataModule):
+    """Shared loaders and transforms; subclasses build ``self.train_set`` / ``self.val_set``."""
+
+    def __init__(
+        self,
+        *,
+        batch_size: int,
+        num_workers: int,
+        train_crop: str,
+        crop_size: int,
+        resize_size: int,
+    ) -> None:
+        super().__init__()
+        if train_crop not in TRAIN_CROPS:
+            raise ValueError(f"data.train_crop must be one of {TRAIN_CROPS}, got {train_crop!r}")
+        _check_sizes(crop_size, resize_size)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_transform = train_transform(
+            train_crop=train_crop, crop_size=crop_size, resize_size=resize_size
+        )
+        self.eval_transform = eval_transform(crop_size=crop_size, resize_size=resize_size)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    @property
+    def synthetic(self) -> bool:
+        """Always False: these modules only read real images."""
+        return False
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        # No labelled test set is public: the paper reports validation error (Table 6).
+        return self._loader(self.val_set, shuffle=False)
+
+    def _loader(self, dataset: Dataset | None, *, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+class Places365DataModule(_CropDataModule):
+    """Places365 through ``torchvision.datasets.Places365``; validation = the 36,500 val images.
+
+    Args:
+        data_dir: dataset root in torchvision's Places365 layout (default: ``data/places365``).
+        split: training list, ``"train-standard"`` (1.8M images) or ``"train-challenge"`` (8M,
+            the paper's Table 6) (default: ``"train-standard"``).
+        small: the 256x256 images (True) or the large ones (False) (default: True).
+        batch_size: images per batch and per process (default: 256).
+        num_workers: DataLoader worker processes per process (default: 8).
+        train_crop: ``"random_resized"`` (RandomResizedCrop) or ``"random"`` (resize to
+            ``resize_size``, random ``crop_size`` crop) (default: ``"random_resized"``).
+        crop_size: training and evaluation crop side (default: 224).
+        resize_size: shorter side before the ``"random"`` and the centre crop (default: 256).
+        download: download missing lists and images in ``prepare_data`` (default: False).
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/places365",
+        split: Literal["train-standard", "train-challenge"] = "train-standard",
+        small: bool = True,
+        *,
+        batch_size: int = 256,
+        num_workers: int = 8,
+        train_crop: Literal["random_resized", "random"] = "random_resized",
+        crop_size: int = 224,
+        resize_size: int = 256,
+        download: bool = False,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            train_crop=train_crop,
+            crop_size=crop_size,
+            resize_size=resize_size,
+        )
+        if split not in PLACES365_TRAIN_SPLITS:
+            raise ValueError(f"data.split must be one of {PLACES365_TRAIN_SPLITS}, got {split!r}")
+        self.save_hyperparameters()
+        self.data_dir = str(data_dir)
+        self.split = split
+        self.small = small
+        self.download = download
+
+    @property
+    def dataset_name(self) -> str:
+        """``"places365"``."""
+        return "places365"
+
+    @property
+    def categories_file(self) -> str:
+        return os.path.join(self.data_dir, datasets.Places365._CATEGORIES_META[0])
+
+    @property
+    def num_classes(self) -> int:
+        """Lines of ``categories_places365.txt``; 365 (the official count) until it exists.
+
+        The CLI reads this when it builds the model, before ``prepare_data`` may download the
+        lists, so an absent file must not be an error here; ``setup`` reports it.
+        """
+        if os.path.isfile(self.categories_file):
+            return len(read_places365_categories(self.categories_file))
+        return PLACES365_NUM_CLASSES
+
+    def prepare_data(self) -> None:
+        if not self.download:
+            return
+        for split in (self.split, "val"):
+            try:
+                _Places365(self.data_dir, split=split, small=self.small, download=True, layout="")
+            except (OSError, RuntimeError) as err:  # URLError is an OSError; bad MD5 a RuntimeError
+                raise FileNotFoundError(
+                    f"could not download Places365 ({split}) into {self.data_dir}: {err};\n"
+                    f"{places365_layout(self.data_dir, self.split, self.small)}"
+                ) from err
+
+    def setup(self, stage: str | None = None) -> None:
+        layout = places365_layout(self.data_dir, self.split, self.small)
+        if not os.path.isfile(self.categories_file):
+            raise FileNotFoundError(f"{self.categories_file} does not exist;\n{layout}")
+        num_classes = self.num_classes
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = _read_list(
+                self.data_dir,
+                split=self.split,
+                small=self.small,
+                transform=self.train_transform,
+                num_classes=num_classes,
+                layout=layout,
+            )
+        if self.val_set is None:
+            self.val_set = _read_list(
+                self.data_dir,
+                split="val",
+                small=self.small,
+                transform=self.eval_transform,
+                num_classes=num_classes,
+                layout=layout,
+            )
+
+
+class ImageFolderDataModule(_CropDataModule):
+    """An ImageNet-style tree: ``data_dir/train/<class>/*.jpg`` and ``data_dir/val/<class>/*.jpg``.
+
+    Args:
+        data_dir: root holding ``train/`` and ``val/``, each with one folder per class.
+        batch_size: images per batch and per process (default: 256).
+        num_workers: DataLoader worker processes per process (default: 8).
+        train_crop: ``"random_resized"`` or ``"random"``, as for Places365 (default:
+            ``"random_resized"``).
+        crop_size: training and evaluation crop side (default: 224).
+        resize_size: shorter side before the ``"random"`` and the centre crop (default: 256).
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        *,
+        batch_size: int = 256,
+        num_workers: int = 8,
+        train_crop: Literal["random_resized", "random"] = "random_resized",
+        crop_size: int = 224,
+        resize_size: int = 256,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            train_crop=train_crop,
+            crop_size=crop_size,
+            resize_size=resize_size,
+        )
+        self.save_hyperparameters()
+        self.data_dir = str(data_dir)
+
+    @property
+    def dataset_name(self) -> str:
+        """``"imagefolder"``."""
+        return "imagefolder"
+
+    @property
+    def num_classes(self) -> int:
+        """Number of class folders under ``data_dir/train``."""
+        return len(self._classes("train"))
+
+    def _classes(self, part: str) -> list[str]:
+        folder = os.path.join(self.data_dir, part)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"{folder} does not exist; expected layout (torchvision ImageFolder): "
+                f"{self.data_dir}/train/<class>/<image>.jpg and "
+                f"{self.data_dir}/val/<class>/<image>.jpg"
+            )
+        classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+        if not classes:
+            raise FileNotFoundError(
+                f"{folder} has no class folders; expected {folder}/<class>/<image>.jpg"
+            )
+        return classes
+
+    def setup(self, stage: str | None = None) -> None:
+        train_classes, val_classes = self._classes("train"), self._classes("val")
+        if train_classes != val_classes:
+            only_train = sorted(set(train_classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(train_classes))
+            raise ValueError(
+                f"class folders of {self.data_dir}/train and {self.data_dir}/val differ: only in "
+                f"train: {only_train[:10]}, only in val: {only_val[:10]}"
+            )
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._folder("train", self.train_transform)
+        if self.val_set is None:
+            self.val_set = self._folder("val", self.eval_transform)
+
+    def _folder(self, part: str, transform: Callable) -> datasets.ImageFolder:
+        root = os.path.join(self.data_dir, part)
+        return datasets.ImageFolder(root, transform=transform, loader=ImageLoader(f"under {root}"))
