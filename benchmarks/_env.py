@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import subprocess
+from pathlib import Path
 
 import torch
 
@@ -42,3 +44,10 @@ def environment() -> dict[str, str | int]:
         env["gpu"] = torch.cuda.get_device_name()
         env["cuda"] = torch.version.cuda or ""
     return env
+
+
+def save_result(result: dict, path: Path | None) -> None:
+    """Write a benchmark's result as JSON, if a path was given."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))

@@ -14,7 +14,6 @@ printed too, as it is least disturbed by other load on the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 import backbones
-from benchmarks._env import environment
+from benchmarks._env import environment, save_result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,9 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
               f" {result['min_ms'][name]:>8.2f} {result['min_ratio_to_baseline'][name]:>7.3f}")
     print(f"({result['environment']['cpu']}, {result['environment']['threads']} threads, "
           f"torch {result['environment']['torch']}, batch {args.batch_size})")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+    save_result(result, args.out)
     return result
 
 
