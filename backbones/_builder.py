@@ -10,7 +10,7 @@ from torch import nn
 
 from ._base import Backbone
 from ._features import FeatureListNet
-from ._registry import model_class, model_entrypoint
+from ._registry import model_entrypoint
 from .layers.se import SEConfig
 
 # create_model keywords that configure the SE block; `se` switches it on or off.
@@ -100,6 +100,5 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         ValueError: unknown name or keyword (with close matches), or an invalid SE knob.
     """
-    model_cls = model_class(name)
-    _check_kwargs(model_cls, kwargs, name)
+    # The entrypoint's build_model checks every keyword against the class before building.
     return model_entrypoint(name)(**kwargs)
