@@ -17,11 +17,13 @@ from ._features import FeatureInfo, FeatureListNet
 from ._registry import is_model, list_models, model_class, register_model
 from .complexity import model_complexity
 from .layers import SEBlock, SEConfig
+from .prune import IdentitySE, prune_se, se_blocks, se_sites, select_se_blocks
 
 __all__ = [
     "Backbone",
     "FeatureInfo",
     "FeatureListNet",
+    "IdentitySE",
     "SEBlock",
     "SEConfig",
     "accepted_kwargs",
@@ -30,5 +32,9 @@ __all__ = [
     "list_models",
     "model_class",
     "model_complexity",
+    "prune_se",
     "register_model",
+    "se_blocks",
+    "se_sites",
+    "select_se_blocks",
 ]

@@ -3,22 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Sequence
 
 from . import models_cmd
 
-# Training and evaluation are LightningCLI programs with their own parser: their arguments are
-# handed over untouched (DDP relaunches the same command line on every rank).
+# Commands with a parser of their own (LightningCLI, detectron2's): their arguments are handed
+# over untouched (DDP relaunches the same command line on every rank). OWN_PARSER_COMMANDS map
+# to the module whose ``main(argv)`` gets the arguments after the command's name.
 LIGHTNING_COMMANDS = {
     "fit": "train a classification experiment (sebench fit --config configs/...yaml)",
     "validate": "evaluate a checkpoint on the validation split",
     "test": "evaluate a checkpoint on the test split",
 }
+OWN_PARSER_COMMANDS = {
+    "detect": (
+        "detectron2 Faster R-CNN on COCO: sebench detect train|eval --config-file configs/coco/...",
+        "tasks.detection.d2.train",
+    ),
+    "tv-detect": (
+        "torchvision Faster R-CNN on COCO with Lightning: sebench tv-detect fit|validate|test "
+        "--config configs/coco/tv_...yaml",
+        "tasks.detection.tv_cli",
+    ),
+}
+DETECTRON2_MISSING = (
+    "detectron2 is not installed; it is not on the package index in usable form, build it from "
+    "source: pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tasks.analysis import cli as analysis_cli
     from tasks.classification import report
+    from tasks.detection import convert_weights
 
     parser = argparse.ArgumentParser(
         prog="sebench",
@@ -28,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, text in LIGHTNING_COMMANDS.items():
         subparsers.add_parser(name, help=text, add_help=False)
-    for command in (models_cmd, report):
+    for name, (text, _) in OWN_PARSER_COMMANDS.items():
+        subparsers.add_parser(name, help=text, add_help=False)
+    for command in (models_cmd, report, analysis_cli, convert_weights):
         command.add_parsers(subparsers)
     return parser
 
@@ -39,6 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tasks.classification.cli import main as lightning_main
 
         return lightning_main(argv)
+    if argv and argv[0] in OWN_PARSER_COMMANDS:
+        try:
+            module = importlib.import_module(OWN_PARSER_COMMANDS[argv[0]][1])
+        except ModuleNotFoundError as err:
+            if err.name is None or err.name.split(".")[0] != "detectron2":
+                raise
+            print(f"sebench {argv[0]}: error: {DETECTRON2_MISSING}", file=sys.stderr)
+            return 2
+        return module.main(argv[1:]) or 0
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -60,7 +60,7 @@ def test_state_dict_source_and_features_only():
 def test_mismatched_weights_name_keys_and_shapes():
     reference = timm.create_model("seresnet50", pretrained=False)
     model = backbones.create_model("se_resnet50", stride_in_1x1=False, se_reduction=8)
-    with pytest.raises(ValueError, match=r"layer1\.0\.se\.fc1\.weight: ours \(32, 256\), timm \(16, 256\)"):
+    with pytest.raises(ValueError, match=r"layer1\.0\.se\.fc1\.weight: model \(32, 256\), timm weights \(16, 256\)"):
         load_timm_weights(model, reference)
 
 

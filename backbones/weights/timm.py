@@ -10,6 +10,7 @@ from torch import nn
 from .._builder import create_model
 from ..resnet import ResNet
 from . import resnet as resnet_map
+from .checkpoint import state_dict_mismatches
 
 TIMM_EQUIVALENTS = resnet_map.TIMM_EQUIVALENTS
 
@@ -23,20 +24,6 @@ def _family_map(model: nn.Module):
         f"no timm weight map for {type(model).__name__}; supported: ResNet, ResNeXt, SENet-154 "
         f"(timm models {sorted(TIMM_EQUIVALENTS)})"
     )
-
-
-def _mismatches(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> list[str]:
-    problems = []
-    for key in ours:
-        if key not in theirs:
-            problems.append(f"missing from timm weights: {key} {tuple(ours[key].shape)}")
-        elif ours[key].shape != theirs[key].shape:
-            problems.append(
-                f"shape mismatch at {key}: ours {tuple(ours[key].shape)}, "
-                f"timm {tuple(theirs[key].shape)}"
-            )
-    problems += [f"unexpected timm key: {k} {tuple(v.shape)}" for k, v in theirs.items() if k not in ours]
-    return problems
 
 
 def load_timm_weights(
@@ -67,7 +54,7 @@ def load_timm_weights(
         # Keep our own classifier (none at all in a features_only model).
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         state.update({k: v for k, v in ours.items() if k.startswith("fc.")})
-    problems = _mismatches(ours, state)
+    problems = state_dict_mismatches(ours, state, source="timm weights")
     if problems:
         shown = "\n  ".join(problems[:8])
         more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""

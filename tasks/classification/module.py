@@ -24,14 +24,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 import backbones
 
+from .._lightning import NonFiniteLossError, stop_if_not_finite
+
 __all__ = ["ClassificationModule", "NonFiniteLossError", "lr_factor"]
 
 SCHEDULES = ("multistep", "step", "cosine", "constant")
 WARMUPS = ("constant", "linear")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; training stops before the bad update."""
 
 
 def lr_factor(
@@ -186,23 +184,14 @@ class ClassificationModule(lightning.LightningModule):
         images, target = batch
         logits = self(images)
         loss = self._loss(logits, target)
-        self._check_finite(loss)
+        stop_if_not_finite(
+            self, loss, "The last good checkpoint (last.ckpt, written at the end of the previous "
+            "epoch) is kept: lower the learning rate or add warm-up, then resume with "
+            "--ckpt_path last",
+        )
         self.metrics["train_top1"].update(logits.detach(), target)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
-
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        # Any rank's NaN stops every rank: one rank raising alone would leave the others waiting
-        # in the gradient all-reduce. Raising before backward keeps the weights and the
-        # checkpoints on disk (last.ckpt of the previous epoch) untouched.
-        bad = not bool(torch.isfinite(loss))
-        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} (not finite) at epoch {self.current_epoch}, "
-                f"global step {self.global_step}; training stopped before this update. The last "
-                "good checkpoint (last.ckpt, written at the end of the previous epoch) is kept: "
-                "lower the learning rate or add warm-up, then resume with --ckpt_path last"
-            )
 
     def on_train_epoch_start(self) -> None:
         # Checkpoints are written at the end of the epoch, before the trainer counts it as done.

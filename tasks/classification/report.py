@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
 import backbones
 
 RESULTS = "results.json"

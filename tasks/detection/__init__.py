@@ -1,0 +1,14 @@
+"""COCO detection with registry trunks: detectron2 Faster R-CNN (C4 and FPN) and torchvision's.
+
+``import tasks.detection`` registers the detectron2 backbones and ROI heads in detectron2's own
+registries where detectron2 is importable; without it the torchvision path still imports.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+HAS_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
+
+if HAS_DETECTRON2:
+    from . import d2  # noqa: F401  (registers builders in detectron2's registries)

@@ -1,0 +1,384 @@
+"""``sebench detect train|eval``: Faster R-CNN (C4, FPN) with registry trunks on COCO, detectron2.
+
+Usage::
+
+    sebench detect train --config-file configs/coco/faster_rcnn_se_resnet50_fpn_2x.yaml \\
+        --num-gpus 8 [--resume] [--train-json J --train-images DIR --val-json J --val-images DIR]
+        [KEY VALUE ...]
+    sebench detect eval --config-file ... MODEL.WEIGHTS output/.../model_final.pth
+
+detectron2's ``default_argument_parser`` (``--num-gpus``, ``--num-machines``, ``--machine-rank``,
+``--dist-url``, ``--resume``, trailing ``KEY VALUE`` config overrides) with the subcommand in
+front; ``eval`` is detectron2's ``--eval-only``. ``launch`` starts one process per GPU; on a
+machine without CUDA, ``--num-gpus N`` starts N CPU processes (gloo) and ``MODEL.DEVICE`` is set
+to ``cpu``.
+
+Every run ends (after the final evaluation) with ``OUTPUT_DIR/results.json`` (box AP, AP50,
+AP75, APs, APm, APl in percent, trunk, iterations, wall time, images/s, precision, world size,
+the full config) and ``OUTPUT_DIR/results.md``: one markdown row beside the paper's Table 7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+
+from ..paper import PAPER_LINE_HEADER, paper_line
+from .config import add_sebench_config, check_sebench_config
+from .data import (
+    DatasetError,
+    check_datasets,
+    custom_datasets,
+    register_datasets,
+)
+from .trainer import SEBenchTrainer, amp_dtype, precision_name
+
+__all__ = ["AP_KEYS", "ConfigError", "add_train_config", "build_parser", "main", "setup_cfg"]
+
+COMMANDS = {"train": "train, evaluate at the end", "eval": "evaluate MODEL.WEIGHTS (or --resume)"}
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+EPILOG = """\
+examples:
+  sebench detect train --config-file configs/coco/faster_rcnn_se_resnet50_fpn_2x.yaml --num-gpus 8
+  sebench detect train --config-file ... --num-gpus 8 --resume   # OUTPUT_DIR's last checkpoint
+  sebench detect eval --config-file ... MODEL.WEIGHTS output/coco/.../model_final.pth
+  sebench detect train --config-file C --train-json J --train-images D --val-json J --val-images D
+
+Data: DATASETS.TRAIN/TEST name detectron2's builtin COCO splits (coco_2017_train, coco_2017_val),
+read from $DETECTRON2_DATASETS/coco/{annotations/instances_{train,val}2017.json,{train,val}2017/};
+--train-json/--val-json register any COCO instances file with its image folder instead.
+Without CUDA, --num-gpus N starts N CPU processes (gloo).
+"""
+
+
+class ConfigError(ValueError):
+    """The config file or a KEY VALUE override is missing or wrong."""
+
+
+def add_train_config(cfg: CfgNode) -> None:
+    """Add the training keys of this benchmark to a detectron2 config (in place).
+
+    ``SOLVER.AMP.PRECISION``: "float16", "bfloat16" or "" (float16 on CUDA, bfloat16 on the
+    CPU); used when ``SOLVER.AMP.ENABLED`` is True. detectron2's yacs trainer has no such key
+    (its ``AMPTrainer`` takes the dtype as an argument, float16 by default).
+    """
+    cfg.SOLVER.AMP.PRECISION = ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """detectron2's ``default_argument_parser`` plus the data-by-path options."""
+    parser = default_argument_parser(epilog=EPILOG)
+    parser.prog = "sebench detect {train,eval}"
+    parser.description = "Faster R-CNN (C4/FPN) with registry trunks on COCO, with detectron2."
+    group = parser.add_argument_group("data given by path (instead of DATASETS.TRAIN/TEST)")
+    for split in ("train", "val"):
+        group.add_argument(f"--{split}-json", metavar="JSON", help=f"COCO instances file ({split})")
+        group.add_argument(
+            f"--{split}-images", metavar="DIR", help=f"image folder of --{split}-json"
+        )
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """``train|eval`` then detectron2's arguments; ``eval`` sets ``eval_only``."""
+    parser = build_parser()
+    argv = list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        if argv and argv[0] in ("-h", "--help"):
+            parser.print_help()
+            raise SystemExit(0)
+        got = repr(argv[0]) if argv else "nothing"
+        parser.error(f"expected a command, one of {list(COMMANDS)}, got {got}")
+    args = parser.parse_args(argv[1:])
+    args.command = argv[0]
+    args.eval_only = args.eval_only or args.command == "eval"
+    if not args.config_file:
+        parser.error("--config-file is required (the experiments are in configs/coco/)")
+    if args.num_gpus < 1:
+        parser.error(f"--num-gpus must be at least 1, got {args.num_gpus}")
+    return args
+
+
+def setup_cfg(config_file: str, opts: Sequence[str]) -> CfgNode:
+    """The full config: detectron2's defaults, ours, the YAML file, then ``KEY VALUE`` pairs.
+
+    Raises:
+        ConfigError: a missing file, an unknown key, a wrong value type or an odd override list,
+            naming the file or key.
+    """
+    if not Path(config_file).is_file():
+        raise ConfigError(
+            f"config file {config_file} does not exist (the experiments are configs/coco/*.yaml)"
+        )
+    cfg = get_cfg()
+    add_sebench_config(cfg)
+    add_train_config(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+    except (KeyError, ValueError, AssertionError, yaml.YAMLError) as err:
+        raise ConfigError(f"{config_file}: {_message(err)}") from err
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as err:
+        raise ConfigError(f"command-line override: {_message(err)}") from err
+    return cfg
+
+
+def _message(err: BaseException) -> str:
+    # KeyError's str() adds quotes; yacs puts the whole message in args[0].
+    return str(err.args[0]) if err.args else type(err).__name__
+
+
+def _check_device(cfg: CfgNode, num_gpus: int) -> list[str]:
+    """Overrides that make the device fit the machine, or a ConfigError."""
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        print("sebench detect: no CUDA device; running on the CPU (MODEL.DEVICE cpu)", flush=True)
+        return ["MODEL.DEVICE", "cpu"]
+    if cfg.MODEL.DEVICE == "cpu" and num_gpus > 1 and torch.cuda.is_available():
+        raise ConfigError(
+            "MODEL.DEVICE cpu with --num-gpus > 1 on a machine with CUDA: detectron2's launch "
+            "would use NCCL; hide the GPUs (CUDA_VISIBLE_DEVICES=) to run CPU processes"
+        )
+    if cfg.MODEL.DEVICE.startswith("cuda") and num_gpus > torch.cuda.device_count():
+        raise ConfigError(
+            f"--num-gpus {num_gpus} but this machine has {torch.cuda.device_count()} CUDA devices"
+        )
+    return []
+
+
+def _check_weights(cfg: CfgNode, args: argparse.Namespace) -> None:
+    weights = cfg.MODEL.WEIGHTS
+    if weights and "://" not in weights and not Path(weights).is_file():
+        raise ConfigError(
+            f"MODEL.WEIGHTS {weights} does not exist (for ImageNet weights, convert them with "
+            "`sebench convert-weights`; for a trained model give its model_final.pth)"
+        )
+    has_checkpoint = (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file()
+    if args.eval_only and not weights and not (args.resume and has_checkpoint):
+        raise ConfigError(
+            "eval needs trained weights: MODEL.WEIGHTS path/to/model_final.pth, or --resume "
+            f"with a last_checkpoint in OUTPUT_DIR ({cfg.OUTPUT_DIR})"
+        )
+    if not args.eval_only and not weights:
+        print(
+            "sebench detect: MODEL.WEIGHTS is empty, the trunk starts from random weights "
+            "(the paper's runs start from ImageNet: `sebench convert-weights`)",
+            flush=True,
+        )
+
+
+def _data_overrides(cfg: CfgNode, args: argparse.Namespace) -> list[str]:
+    """Register the data sets given by path (DATASETS.TRAIN/TEST overrides), check every data
+    set of the run with ``check_coco``, and match ROI_HEADS.NUM_CLASSES to the categories."""
+    train, val = custom_datasets(args.train_json, args.train_images, args.val_json, args.val_images)
+    register_datasets(train + val)
+    overrides: list[str] = []
+    if train:
+        overrides += ["DATASETS.TRAIN", repr((train[0].name,))]
+    if val:
+        overrides += ["DATASETS.TEST", repr((val[0].name,))]
+    cfg.merge_from_list(overrides)
+    names = list(cfg.DATASETS.TEST) if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
+    if not names:
+        raise DatasetError(
+            "no data set: DATASETS.TRAIN/TEST are empty and no --train-json/--val-json"
+        )
+    summaries = check_datasets(names)
+    for summary in summaries.values():
+        print(f"sebench detect: {summary.describe()}", flush=True)
+    args.dataset_summaries = {
+        name: {
+            "json_file": str(summary.json_file),
+            "images": summary.num_images,
+            "annotations": summary.num_annotations,
+            "degenerate_boxes": len(summary.degenerate_annotation_ids),
+        }
+        for name, summary in summaries.items()
+    }
+    num_classes = {len(summary.categories) for summary in summaries.values()}
+    if len(num_classes) > 1:
+        counts = ", ".join(f"{s.json_file}: {len(s.categories)}" for s in summaries.values())
+        raise DatasetError(
+            f"the data sets of this run have different numbers of categories ({counts})"
+        )
+    (count,) = num_classes
+    if count != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        print(f"sebench detect: MODEL.ROI_HEADS.NUM_CLASSES set to {count} (the data's categories)")
+        overrides += ["MODEL.ROI_HEADS.NUM_CLASSES", str(count)]
+    return overrides
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Check config, device, weights and data before any process starts; the overrides this
+    adds (data sets, device, classes) go into ``args.opts`` so every process builds the same
+    config."""
+    cfg = setup_cfg(args.config_file, args.opts)
+    extra = _check_device(cfg, args.num_gpus)
+    cfg.merge_from_list(extra)
+    amp_dtype(cfg)  # a bad SOLVER.AMP.PRECISION fails here, not in every process
+    if "build_sebench" in cfg.MODEL.BACKBONE.NAME:
+        check_sebench_config(cfg)  # builds the trunk once: bad names, keys and values fail here
+    _check_weights(cfg, args)
+    extra += _data_overrides(cfg, args)
+    args.opts = [*args.opts, *extra]
+
+
+def _model_name(cfg: CfgNode) -> str:
+    if "build_sebench" in cfg.MODEL.BACKBONE.NAME:
+        return cfg.MODEL.SEBENCH.NAME
+    return f"detectron2_resnet{cfg.MODEL.RESNETS.DEPTH}"
+
+
+def _architecture(cfg: CfgNode) -> str:
+    return "FPN" if "fpn" in cfg.MODEL.BACKBONE.NAME.lower() else "C4"
+
+
+def _box_metrics(results: dict[str, Any] | None) -> dict[str, float]:
+    """The six COCO box APs (percent) of the first test set; NaN where COCO has no value."""
+    if results and "bbox" not in results:  # several test sets: {name: {"bbox": ...}}
+        results = next(iter(results.values()))
+    bbox = (results or {}).get("bbox", {})
+    return {key: float(bbox.get(key, math.nan)) for key in AP_KEYS}
+
+
+def write_results(
+    cfg: CfgNode,
+    args: argparse.Namespace,
+    results: dict[str, Any] | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """``OUTPUT_DIR/results.json`` and ``results.md`` (the paper comparison row); prints both.
+
+    Returns:
+        The JSON's content.
+    """
+    ap = _box_metrics(results)
+    model = _model_name(cfg)
+    line = paper_line(model, ap, label=f" ({_architecture(cfg)})")
+    record = {
+        "command": args.command,
+        "model": model,
+        "architecture": _architecture(cfg),
+        **ap,
+        "test_dataset": list(cfg.DATASETS.TEST),
+        "max_iter": cfg.SOLVER.MAX_ITER,
+        **extra,
+        "precision": precision_name(cfg),
+        "world_size": comm.get_world_size(),
+        "device": cfg.MODEL.DEVICE,
+        "datasets": getattr(args, "dataset_summaries", {}),
+        "paper_line": line,
+        "config": yaml.safe_load(cfg.dump()),
+    }
+    output_dir = Path(cfg.OUTPUT_DIR)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    (output_dir / "results.md").write_text(f"{PAPER_LINE_HEADER}\n{line}\n")
+    print(f"{PAPER_LINE_HEADER}\n{line}\nresults: {output_dir / 'results.json'}", flush=True)
+    return record
+
+
+def _rate(num_images: int, seconds: float | None) -> float | None:
+    return num_images / seconds if seconds else None
+
+
+def _num_images(args: argparse.Namespace, names: Sequence[str]) -> int:
+    summaries = getattr(args, "dataset_summaries", {})
+    return sum(summaries[name]["images"] for name in names if name in summaries)
+
+
+def train(cfg: CfgNode, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Train (resuming if asked), evaluate at the end; the main process writes the results."""
+    start = time.perf_counter()
+    trainer = SEBenchTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    start_iter = trainer.start_iter
+    trainer.train()
+    if not comm.is_main_process():
+        return None
+    return write_results(
+        cfg,
+        args,
+        trainer.last_eval_results,
+        start_iteration=start_iter,
+        iterations=max(start_iter, trainer.max_iter),
+        wall_time_s=time.perf_counter() - start,
+        train_images_per_s=trainer.throughput.images_per_second,
+        eval_images_per_s=_rate(_num_images(args, cfg.DATASETS.TEST), trainer.eval_seconds),
+    )
+
+
+def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Load MODEL.WEIGHTS (or the last checkpoint with --resume) and evaluate on DATASETS.TEST."""
+    start = time.perf_counter()
+    model = SEBenchTrainer.build_model(cfg)
+    checkpoint = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        cfg.MODEL.WEIGHTS, resume=args.resume
+    )
+    eval_start = time.perf_counter()
+    results = SEBenchTrainer.test(cfg, model)
+    eval_seconds = time.perf_counter() - eval_start
+    if not comm.is_main_process():
+        return None
+    iteration = checkpoint.get("iteration") if isinstance(checkpoint, dict) else None
+    return write_results(
+        cfg,
+        args,
+        results,
+        iterations=None if iteration is None else iteration + 1,
+        wall_time_s=time.perf_counter() - start,
+        train_images_per_s=None,
+        eval_images_per_s=_rate(_num_images(args, cfg.DATASETS.TEST), eval_seconds),
+    )
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any] | None:
+    """One process of the run (``launch``'s main function): the same config in every process."""
+    cfg = setup_cfg(args.config_file, args.opts)
+    train_files, val_files = custom_datasets(
+        args.train_json, args.train_images, args.val_json, args.val_images
+    )
+    register_datasets(train_files + val_files)  # spawned processes start with empty catalogs
+    cfg.freeze()
+    default_setup(cfg, args)
+    return evaluate(cfg, args) if args.eval_only else train(cfg, args)
+
+
+def main(argv: Sequence[str]) -> int:
+    """``sebench detect train|eval ...``: argv is everything after ``detect``.
+
+    Returns:
+        0, or 2 after one line on stderr for bad input (config, data, device, weights).
+    """
+    args = parse_args(argv)
+    try:
+        prepare(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"sebench detect {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    launch(
+        worker,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,87 @@
+"""COCO box AP with pycocotools' COCOeval, under detectron2's metric names, in percent."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+__all__ = ["AP_KEYS", "coco_box_ap", "load_coco"]
+
+# The first six of COCOeval.stats, named as detectron2's COCOEvaluator names them.
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def load_coco(json_file: str | Path, *, verbose: bool = False) -> COCO:
+    """pycocotools' COCO index of an instances file, without its progress prints by default."""
+    with _quiet(verbose):
+        return COCO(str(json_file))
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool) -> Any:
+    if verbose:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def coco_box_ap(
+    coco_gt: COCO | str | Path,
+    detections: list[dict[str, Any]],
+    *,
+    image_ids: Sequence[int] | None = None,
+    verbose: bool = False,
+) -> dict[str, float]:
+    """Box AP of detections against COCO ground truth, as detectron2 reports it.
+
+    Args:
+        coco_gt (COCO | str | Path): the ground truth, or the path of its instances JSON.
+        detections (list[dict[str, Any]]): COCO results: ``image_id``, ``category_id`` (the
+            dataset's own ids), ``bbox`` ``[x, y, w, h]`` in original image pixels, ``score``.
+        image_ids (Sequence[int] | None): evaluate these images only, e.g. the ones a shortened
+            validation run saw (None: every image of the ground truth, as detectron2 does).
+        verbose (bool): let pycocotools print its progress and summary table (False).
+
+    Returns:
+        ``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` in percent. Without detections all
+        are 0.0. A size range with no ground truth box is NaN (pycocotools' -1), as in
+        detectron2.
+    """
+    if not isinstance(coco_gt, COCO):
+        coco_gt = load_coco(coco_gt, verbose=verbose)
+    if not detections:
+        # COCO.loadRes cannot index an empty result list; nothing detected is 0 AP.
+        return {key: 0.0 for key in AP_KEYS}
+    with _quiet(verbose):
+        coco_dt = coco_gt.loadRes(_plain(detections))
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted({int(i) for i in image_ids})
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {
+        key: (100.0 * float(value) if value >= 0 else math.nan)
+        for key, value in zip(AP_KEYS, evaluator.stats[: len(AP_KEYS)])
+    }
+
+
+def _plain(detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Python scalars only: loadRes copies the dicts and numpy/tensor values break its area."""
+    return [
+        {
+            "image_id": int(d["image_id"]),
+            "category_id": int(d["category_id"]),
+            "bbox": [float(v) for v in d["bbox"]],
+            "score": float(d["score"]),
+        }
+        for d in detections
+    ]
