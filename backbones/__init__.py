@@ -12,7 +12,7 @@ from . import (  # noqa: F401  (families register their models on import)
     wide_resnet,
 )
 from ._base import Backbone
-from ._builder import accepted_kwargs, create_model
+from ._builder import accepted_kwargs, create_model, format_kwargs, parse_kwargs
 from ._features import FeatureInfo, FeatureListNet
 from ._registry import is_model, list_models, model_class, register_model
 from .complexity import model_complexity
@@ -28,10 +28,12 @@ __all__ = [
     "SEConfig",
     "accepted_kwargs",
     "create_model",
+    "format_kwargs",
     "is_model",
     "list_models",
     "model_class",
     "model_complexity",
+    "parse_kwargs",
     "prune_se",
     "register_model",
     "se_blocks",

@@ -7,6 +7,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .layers.se import SEBlock
+
 
 class Backbone(nn.Module):
     """Base of every registry model.
@@ -62,9 +64,16 @@ class Backbone(nn.Module):
 
 
 def init_weights(model: nn.Module) -> None:
-    """He (fan-out) init for convs, unit BN, small-normal Linear layers (the paper's [68])."""
+    """He (fan-out) init for convs and SE layers, unit BN, small-normal classifiers.
+
+    The SE block's two FC layers are 1x1 convolutions in the paper's (Caffe) models and in timm's,
+    and get the convolutions' He init here too. The classifier's small-normal init would leave
+    every gate at sigmoid(~0) = 0.5 with gradients through both FC layers near zero, so SE would
+    start close to inert.
+    """
+    se_layers = {id(fc) for m in model.modules() if isinstance(m, SEBlock) for fc in (m.fc1, m.fc2)}
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) or id(m) in se_layers:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import difflib
 import inspect
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -102,3 +104,55 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     """
     # The entrypoint's build_model checks every keyword against the class before building.
     return model_entrypoint(name)(**kwargs)
+
+
+def parse_kwargs(
+    items: Sequence[str] | Mapping[str, Any], key: str = "model keywords"
+) -> dict[str, Any]:
+    """``["se_reduction=8", "se_gate=tanh"]`` -> ``{"se_reduction": 8, "se_gate": "tanh"}``.
+
+    Each value is read as a Python literal (``8``, ``False``, ``(3, 4, 6, 3)``), else kept as a
+    string. A mapping is passed through.
+
+    Args:
+        items: ``"key=value"`` strings.
+        key: the option's name, for messages.
+
+    Raises:
+        ValueError: an item not of the form ``key=value``, or a keyword given twice.
+    """
+    if isinstance(items, Mapping):
+        return dict(items)
+    if isinstance(items, str):
+        raise ValueError(  # noqa: TRY004  (bad config input: the CLIs report ValueError)
+            f"{key} must be a list of 'key=value' strings, got the string {items!r}"
+        )
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = str(item).partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise ValueError(
+                f"{key} item {item!r} is not of the form 'key=value' (e.g. 'se_reduction=8')"
+            )
+        if name in kwargs:
+            raise ValueError(f"{key} gives {name!r} twice")
+        kwargs[name] = _literal(text.strip())
+    return kwargs
+
+
+def format_kwargs(kwargs: Mapping[str, Any]) -> list[str]:
+    """The inverse of ``parse_kwargs``: ``{"se_reduction": 8}`` -> ``["se_reduction=8"]``."""
+    items = []
+    for name, value in sorted(kwargs.items()):
+        # Strings stay bare where parse_kwargs reads them back as the same string.
+        text = value if isinstance(value, str) and _literal(value) == value else repr(value)
+        items.append(f"{name}={text}")
+    return items
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 from typing import Any
 
@@ -11,13 +10,11 @@ import backbones
 
 
 def _kwarg(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value  # a bare string such as stem=deep
+        ((key, value),) = backbones.parse_kwargs([text], "--kwarg").items()
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return key, value
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:

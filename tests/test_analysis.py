@@ -286,7 +286,7 @@ def test_prune_se_command_and_reload(trained: dict[str, Path], tmp_path: Path, c
     assert reloaded.pruned == ["SE_3_1"]
     out2 = tmp_path / "again"
     assert _sebench(["prune-se", "--ckpt", str(saved), "--model", "se_preact_resnet110",
-                     "--model-kwargs", json.dumps(TINY_KWARGS), "--data-config", config,
+                     "--model-kwargs", *backbones.format_kwargs(TINY_KWARGS), "--data-config", config,
                      "--device", "cpu", "--blocks", "SE_3_1", "--out", str(out2)]) == 0  # fmt: skip
     again = json.loads((out2 / "prune_se.json").read_text())
     assert again["pruned_in_checkpoint"] == ["SE_3_1"] and again["params_saved"] == 0
@@ -313,7 +313,7 @@ def test_excitations_on_an_image_folder(tmp_path: Path):
     }}))  # fmt: skip
     out = tmp_path / "ex"
     args = ["excitations", "--ckpt", str(ckpt), "--model", "se_preact_resnet110",
-            "--model-kwargs", json.dumps(TINY_KWARGS), "--data-config", str(config),
+            "--model-kwargs", *backbones.format_kwargs(TINY_KWARGS), "--data-config", str(config),
             "--device", "cpu", "--classes", "puma", "--out", str(out)]  # fmt: skip
     assert _sebench(args) == 0
     document = json.loads((out / "excitations.json").read_text())

@@ -2,17 +2,9 @@
 
 import json
 
-from benchmarks import cifar_throughput, cpu_inference
+import pytest
 
-
-def test_cpu_inference_reports_ratio(tmp_path):
-    out = tmp_path / "cpu.json"
-    result = cpu_inference.main(["--models", "se_preact_resnet110", "preact_resnet110",
-                                 "--warmup", "1", "--repeats", "2", "--out", str(out)])
-    assert json.loads(out.read_text()) == result
-    assert result["ratio_to_baseline"]["preact_resnet110"] == 1.0
-    assert result["ratio_to_baseline"]["se_preact_resnet110"] > 0
-    assert {"cpu", "torch", "git_commit", "date"} <= result["environment"].keys()
+from benchmarks import cifar_throughput, detection_speed
 
 
 def test_cifar_throughput_reports_both_paths_and_models(tmp_path):
@@ -24,3 +16,18 @@ def test_cifar_throughput_reports_both_paths_and_models(tmp_path):
     assert set(result["input_images_per_s"]) == {"dataloader", "gpu_resident"}
     assert all(v > 0 for v in result["train_images_per_s"].values())
     assert result["se_over_plain"] > 0 and result["gpu_resident_over_model"] > 0
+
+
+@pytest.mark.parametrize("engine", ["torchvision", "detectron2"])
+def test_detection_speed_reports_the_se_over_plain_ratio(tmp_path, engine):
+    if engine == "detectron2":
+        pytest.importorskip("detectron2", reason="detectron2 is not installed (built from source)")
+    out = tmp_path / "det.json"
+    result = detection_speed.main([
+        "--engine", engine, "--device", "cpu", "--image-size", "96", "--batch-size", "1",
+        "--boxes", "2", "--warmup", "1", "--iters", "1", "--repeats", "2", "--out", str(out),
+    ])
+    assert json.loads(out.read_text()) == result
+    assert set(result["seconds_per_iter"]) == {"se_resnet50", "resnet50"}
+    assert all(s > 0 for s in result["seconds_per_iter"].values()) and result["ratio"] > 0
+    assert result["goal_status"] == "not measured (not a GPU run)"

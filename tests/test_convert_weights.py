@@ -25,8 +25,6 @@ from tasks.detection.convert_weights import (
     add_parsers,
     convert,
     detectron2_state_dict,
-    format_kwargs,
-    parse_kwargs,
 )
 
 TINY = {"layers": (1, 1, 1, 1)}  # one block per stage: fast, same structure
@@ -60,17 +58,6 @@ def run_cli(argv: list[str]) -> int:
     return args.run(args)
 
 
-def test_kwargs_round_trip() -> None:
-    kwargs = {"se_reduction": 8, "stride_in_1x1": False, "se_gate": "tanh", "layers": (1, 2)}
-    items = format_kwargs(kwargs)
-    assert items == ["layers=(1, 2)", "se_gate=tanh", "se_reduction=8", "stride_in_1x1=False"]
-    assert parse_kwargs(items) == kwargs
-    with pytest.raises(ValueError, match="'se_reduction' is not of the form 'key=value'"):
-        parse_kwargs(["se_reduction"])
-    with pytest.raises(ValueError, match="gives 'se_gate' twice"):
-        parse_kwargs(["se_gate=tanh", "se_gate=relu"])
-
-
 @pytest.mark.parametrize(
     ("meta_arch", "expected"),
     [
@@ -99,7 +86,7 @@ def test_plain_state_dict_converts_with_imagenet_defaults(tmp_path: Path, capsys
     model = registry_model("se_resnet50", se_reduction=8, **TINY)
     source = save(model.state_dict(), tmp_path / "trunk.pth")  # with its fc: dropped
     out = tmp_path / "d2" / "trunk_fpn.pth"
-    code = run_cli(["convert-weights", "--checkpoint", str(source), "--model", "se_resnet50",
+    code = run_cli(["convert-weights", "--ckpt", str(source), "--model", "se_resnet50",
                     "--model-kwargs", "se_reduction=8", "layers=(1, 1, 1, 1)",
                     "--meta-arch", "fpn", "--out", str(out)])
     assert code == 0
@@ -112,7 +99,7 @@ def test_plain_state_dict_converts_with_imagenet_defaults(tmp_path: Path, capsys
     assert lines["MODEL.WEIGHTS"] == str(out)
     assert lines["MODEL.BACKBONE.NAME"] == "build_sebench_fpn_backbone"
     assert lines["MODEL.SEBENCH.NAME"] == "se_resnet50"
-    assert parse_kwargs(json.loads(shlex.split(lines["MODEL.SEBENCH.KWARGS"])[0])) == {
+    assert backbones.parse_kwargs(json.loads(shlex.split(lines["MODEL.SEBENCH.KWARGS"])[0])) == {
         "se_reduction": 8, "layers": (1, 1, 1, 1)}
     mean = json.loads(shlex.split(lines["MODEL.PIXEL_MEAN"])[0])
     assert mean == pytest.approx([v * 255 for v in IMAGENET_MEAN])

@@ -90,3 +90,14 @@ def test_features_only_drops_classifier():
     feats = net(torch.randn(1, 3, 64, 64))
     assert [f.shape[1] for f in feats] == net.feature_info.channels() == [512, 2048]
     assert net.feature_info.reduction() == [8, 32]
+
+
+def test_kwargs_text_round_trip() -> None:
+    kwargs = {"se_reduction": 8, "stride_in_1x1": False, "se_gate": "tanh", "layers": (1, 2)}
+    items = backbones.format_kwargs(kwargs)
+    assert items == ["layers=(1, 2)", "se_gate=tanh", "se_reduction=8", "stride_in_1x1=False"]
+    assert backbones.parse_kwargs(items) == kwargs
+    with pytest.raises(ValueError, match="'se_reduction' is not of the form 'key=value'"):
+        backbones.parse_kwargs(["se_reduction"])
+    with pytest.raises(ValueError, match="gives 'se_gate' twice"):
+        backbones.parse_kwargs(["se_gate=tanh", "se_gate=relu"])

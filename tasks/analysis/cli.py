@@ -11,7 +11,6 @@ data module (``--data-config``) or CIFAR (``--dataset``).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import lightning
 import torch
 from torch.utils.data import Dataset
 
+import backbones
 from backbones.prune import SELECTOR_HELP, se_blocks, se_sites, select_se_blocks
 
 from . import excitations as ex
@@ -58,9 +58,10 @@ def _add_model_and_data(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--model", metavar="NAME", help="registry name (checked against a .ckpt)")
     model.add_argument(
         "--model-kwargs",
-        type=json.loads,
-        metavar="JSON",
-        help='create_model keywords of a plain state_dict, e.g. \'{"layers": [1, 1, 1]}\'',
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="create_model keywords of a plain state_dict, e.g. se_reduction=8 'layers=(1, 1, 1)'",
     )
     model.add_argument("--num-classes", type=_positive_int, help="classes of a plain state_dict")
     data = parser.add_argument_group("data (the validation split, evaluation transform)")
@@ -159,7 +160,7 @@ def _load(args: argparse.Namespace) -> tuple[LoadedModel, lightning.LightningDat
     loaded = load_classifier(
         args.ckpt,
         model_name=args.model,
-        model_kwargs=args.model_kwargs,
+        model_kwargs=backbones.parse_kwargs(args.model_kwargs, "--model-kwargs"),
         num_classes=args.num_classes,
         fallback_num_classes=_data_classes(data),
     )

@@ -7,8 +7,12 @@ registries where detectron2 is importable; without it the torchvision path still
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 HAS_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
 
 if HAS_DETECTRON2:
-    from . import d2  # noqa: F401  (registers builders in detectron2's registries)
+    with warnings.catch_warnings():
+        # detectron2 scripts a few functions at import; current torch deprecates that, noisily.
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        from . import d2  # noqa: F401  (registers builders in detectron2's registries)

@@ -18,7 +18,6 @@ This module needs no detectron2: conversion only renames tensors.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import shlex
@@ -30,6 +29,7 @@ import torch
 
 import backbones
 from backbones.resnet import ResNet
+from backbones import format_kwargs, parse_kwargs
 from backbones.weights import TIMM_EQUIVALENTS, create_from_timm
 from backbones.weights.checkpoint import check_state_dict, read_checkpoint
 
@@ -104,59 +104,6 @@ class ConvertedWeights:
 def resnet_family_models() -> list[str]:
     """Registry names with detectron2 trunks: every ResNet, ResNeXt and SENet-154."""
     return [name for name in backbones.list_models() if backbones.model_class(name) is ResNet]
-
-
-def parse_kwargs(
-    items: Sequence[str] | Mapping[str, Any], key: str = "MODEL.SEBENCH.KWARGS"
-) -> dict[str, Any]:
-    """``["se_reduction=8", "se_gate=tanh"]`` -> ``{"se_reduction": 8, "se_gate": "tanh"}``.
-
-    Each value is read as a Python literal (``8``, ``False``, ``(3, 4, 6, 3)``), else kept as a
-    string. A mapping is passed through.
-
-    Args:
-        items: ``"key=value"`` strings.
-        key: the option's name, for messages.
-
-    Raises:
-        ValueError: an item not of the form ``key=value``, or a keyword given twice.
-    """
-    if isinstance(items, Mapping):
-        return dict(items)
-    if isinstance(items, str):
-        raise ValueError(  # noqa: TRY004  (bad config input: the CLIs report ValueError)
-            f"{key} must be a list of 'key=value' strings, got the string {items!r}; on a "
-            f"detectron2 command line write {key} '[\"{items}\"]'"
-        )
-    kwargs: dict[str, Any] = {}
-    for item in items:
-        name, sep, text = str(item).partition("=")
-        name = name.strip()
-        if not sep or not name.isidentifier():
-            raise ValueError(
-                f"{key} item {item!r} is not of the form 'key=value' (e.g. 'se_reduction=8')"
-            )
-        if name in kwargs:
-            raise ValueError(f"{key} gives {name!r} twice")
-        kwargs[name] = _literal(text.strip())
-    return kwargs
-
-
-def format_kwargs(kwargs: Mapping[str, Any]) -> list[str]:
-    """The inverse of ``parse_kwargs``: ``{"se_reduction": 8}`` -> ``["se_reduction=8"]``."""
-    items = []
-    for name, value in sorted(kwargs.items()):
-        # Strings stay bare where parse_kwargs reads them back as the same string.
-        text = value if isinstance(value, str) and _literal(value) == value else repr(value)
-        items.append(f"{name}={text}")
-    return items
-
-
-def _literal(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def detectron2_state_dict(
@@ -356,7 +303,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--checkpoint", metavar="FILE", help="registry state_dict .pth or Lightning .ckpt"
+        "--ckpt",
+        "--checkpoint",
+        dest="checkpoint",
+        metavar="FILE",
+        help="registry state_dict .pth (with --model) or a Lightning .ckpt of `sebench fit`",
     )
     source.add_argument(
         "--timm", metavar="NAME", help=f"timm model, one of {', '.join(sorted(TIMM_EQUIVALENTS))}"

@@ -14,7 +14,7 @@ both::
     MODEL.SEBENCH.KWARGS '["se_reduction=8", "stride_in_1x1=False"]'
 
 Each value is read as a Python literal (``8``, ``False``, ``(3, 4)``), else kept as a string
-(``se_gate=tanh``); see ``tasks.detection.convert_weights.parse_kwargs``.
+(``se_gate=tanh``); see ``backbones.parse_kwargs``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import backbones
 from backbones.resnet import ResNet
 
 # The kwargs helpers live beside the weight converter, which must import without detectron2.
-from ..convert_weights import format_kwargs, parse_kwargs, resnet_family_models
+from backbones import format_kwargs, parse_kwargs
+
+from ..convert_weights import resnet_family_models
 
 # create_model keywords the detectron2 builders set themselves: the trunk has no classifier and
 # the stages are taken from the full model, never a features_only extractor.
@@ -36,7 +38,12 @@ RESERVED_KWARGS = ("num_classes", "features_only", "out_indices")
 
 
 def add_sebench_config(cfg: CfgNode) -> None:
-    """Add ``MODEL.SEBENCH`` (registry trunk name and keywords) to a detectron2 config.
+    """Add the project's keys to a detectron2 config (in place), before merging its YAML files.
+
+    ``MODEL.SEBENCH.NAME`` and ``MODEL.SEBENCH.KWARGS``: the registry trunk and its keywords.
+    ``SOLVER.AMP.PRECISION``: "float16", "bfloat16" or "" (float16 on CUDA, bfloat16 on the
+    CPU), used when ``SOLVER.AMP.ENABLED`` is True; detectron2's config has no such key (its
+    ``AMPTrainer`` takes the dtype as an argument, float16 by default).
 
     Args:
         cfg (CfgNode): a config from ``detectron2.config.get_cfg()``, changed in place.
@@ -46,6 +53,7 @@ def add_sebench_config(cfg: CfgNode) -> None:
     cfg.MODEL.SEBENCH.NAME = "se_resnet50"
     # Extra backbones.create_model keywords as "key=value" strings, e.g. "se_reduction=8".
     cfg.MODEL.SEBENCH.KWARGS = []
+    cfg.SOLVER.AMP.PRECISION = ""
 
 
 def supported_models() -> list[str]:
@@ -81,7 +89,13 @@ def sebench_model_args(cfg: CfgNode) -> tuple[str, dict[str, Any]]:
             f"MODEL.SEBENCH.NAME={name!r} ({backbones.model_class(name).__name__}) has no "
             f"detectron2 trunk; supported (ResNet family): {', '.join(supported_models())}"
         )
-    kwargs = parse_kwargs(cfg.MODEL.SEBENCH.KWARGS)
+    items = cfg.MODEL.SEBENCH.KWARGS
+    if isinstance(items, str):
+        raise ValueError(
+            f"MODEL.SEBENCH.KWARGS must be a list of 'key=value' strings, got the string "
+            f"{items!r}; on a detectron2 command line write MODEL.SEBENCH.KWARGS '[\"{items}\"]'"
+        )
+    kwargs = parse_kwargs(items, "MODEL.SEBENCH.KWARGS")
     accepted = [k for k in backbones.accepted_kwargs(ResNet) if k not in RESERVED_KWARGS]
     for key in kwargs:
         if key in RESERVED_KWARGS:

@@ -46,7 +46,7 @@ from .data import (
 )
 from .trainer import SEBenchTrainer, amp_dtype, precision_name
 
-__all__ = ["AP_KEYS", "ConfigError", "add_train_config", "build_parser", "main", "setup_cfg"]
+__all__ = ["AP_KEYS", "ConfigError", "build_parser", "main", "setup_cfg"]
 
 COMMANDS = {"train": "train, evaluate at the end", "eval": "evaluate MODEL.WEIGHTS (or --resume)"}
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -66,16 +66,6 @@ Without CUDA, --num-gpus N starts N CPU processes (gloo).
 
 class ConfigError(ValueError):
     """The config file or a KEY VALUE override is missing or wrong."""
-
-
-def add_train_config(cfg: CfgNode) -> None:
-    """Add the training keys of this benchmark to a detectron2 config (in place).
-
-    ``SOLVER.AMP.PRECISION``: "float16", "bfloat16" or "" (float16 on CUDA, bfloat16 on the
-    CPU); used when ``SOLVER.AMP.ENABLED`` is True. detectron2's yacs trainer has no such key
-    (its ``AMPTrainer`` takes the dtype as an argument, float16 by default).
-    """
-    cfg.SOLVER.AMP.PRECISION = ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +115,6 @@ def setup_cfg(config_file: str, opts: Sequence[str]) -> CfgNode:
         )
     cfg = get_cfg()
     add_sebench_config(cfg)
-    add_train_config(cfg)
     try:
         cfg.merge_from_file(config_file)
     except (KeyError, ValueError, AssertionError, yaml.YAMLError) as err:

@@ -164,8 +164,7 @@ class SEBenchTrainer(DefaultTrainer):
     box evaluation (``COCOEvaluator``, pycocotools).
 
     Args:
-        cfg (CfgNode): a full detectron2 config (``add_sebench_config`` and
-            ``add_train_config`` applied).
+        cfg (CfgNode): a full detectron2 config (``add_sebench_config`` applied).
     """
 
     def __init__(self, cfg: CfgNode) -> None:
