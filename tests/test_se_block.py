@@ -94,3 +94,18 @@ def test_se_block_is_the_only_difference_to_plain():
     extra = set(se.state_dict()) - plain_keys
     assert plain_keys <= set(se.state_dict())
     assert extra and all(".se." in k for k in extra), sorted(extra)[:5]
+
+
+def test_se_layers_get_he_init_like_the_convs_not_the_classifiers_small_normal():
+    # In the paper's (Caffe) models and timm's, the SE FC layers are 1x1 convs with He init; a
+    # small-normal init would leave every gate at sigmoid(~0) = 0.5 and SE nearly inert.
+    model = backbones.create_model("se_resnet50")
+    se = model.layer3[0].se
+    for fc in (se.fc1, se.fc2):
+        expected = (2.0 / fc.out_features) ** 0.5  # kaiming_normal_, fan_out, relu
+        assert abs(fc.weight.std().item() / expected - 1) < 0.1
+    assert model.fc.weight.std().item() < 0.02  # the classifier keeps its small init
+    gates = []
+    se.gate.register_forward_hook(lambda m, i, out: gates.append(out))
+    model.eval()(torch.randn(2, 3, 224, 224))
+    assert gates[0].std().item() > 0.05, "gates all near 0.5 at init"
