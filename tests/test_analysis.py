@@ -302,7 +302,9 @@ def test_excitations_on_an_image_folder(tmp_path: Path):
             for i in range(3):
                 pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
-    model = backbones.create_model("se_preact_resnet110", num_classes=2, **TINY_KWARGS)
+    # An ImageNet-family model on an ImageNet-style folder (the CIFAR family is tested above).
+    resnet_kwargs = {"layers": [1, 1, 1, 1]}
+    model = backbones.create_model("se_resnet50", num_classes=2, **resnet_kwargs)
     ckpt = tmp_path / "weights.pth"
     torch.save(model.state_dict(), ckpt)
     config = tmp_path / "folder.yaml"
@@ -312,16 +314,16 @@ def test_excitations_on_an_image_folder(tmp_path: Path):
                       "batch_size": 4, "num_workers": 0},
     }}))  # fmt: skip
     out = tmp_path / "ex"
-    args = ["excitations", "--ckpt", str(ckpt), "--model", "se_preact_resnet110",
-            "--model-kwargs", *backbones.format_kwargs(TINY_KWARGS), "--data-config", str(config),
+    args = ["excitations", "--ckpt", str(ckpt), "--model", "se_resnet50",
+            "--model-kwargs", *backbones.format_kwargs(resnet_kwargs), "--data-config", str(config),
             "--device", "cpu", "--classes", "puma", "--out", str(out)]  # fmt: skip
     assert _sebench(args) == 0
     document = json.loads((out / "excitations.json").read_text())
     assert document["dataset"] == "imagefolder"
     assert document["classes"] == [{"index": 1, "name": "puma", "samples": 3}]
-    assert list(document["blocks"]) == ["SE_1_1", "SE_2_1", "SE_3_1"]
+    assert list(document["blocks"]) == ["SE_2_1", "SE_3_1", "SE_4_1", "SE_5_1"]
     assert (out / "fig8_puma.png").read_bytes().startswith(PNG_SIGNATURE)
-    assert isinstance(se_blocks(model)["SE_1_1"], SEBlock)
+    assert isinstance(se_blocks(model)["SE_5_1"], SEBlock)
 
 
 def test_names_through_a_wrapper():
