@@ -7,8 +7,6 @@ import importlib
 import sys
 from typing import Sequence
 
-from . import models_cmd
-
 # Commands with a parser of their own (LightningCLI, detectron2's): their arguments are handed
 # over untouched (DDP relaunches the same command line on every rank). OWN_PARSER_COMMANDS map
 # to the module whose ``main(argv)`` gets the arguments after the command's name.
@@ -34,23 +32,37 @@ DETECTRON2_MISSING = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from tasks.analysis import cli as analysis_cli
-    from tasks.classification import report
-    from tasks.detection import convert_weights
+# Commands on argparse, by the module whose ``add_parsers`` declares them. Only the module of
+# the command being run is imported (the classification and analysis ones pull in Lightning,
+# seconds of start-up that `sebench models` does not need); `sebench --help` imports them all.
+ARGPARSE_COMMANDS = {
+    "models": "sebench.models_cmd",
+    "complexity": "sebench.models_cmd",
+    "report": "tasks.classification.report",
+    "plot": "tasks.classification.report",
+    "excitations": "tasks.analysis.cli",
+    "prune-se": "tasks.analysis.cli",
+    "convert-weights": "tasks.detection.convert_weights",
+}
 
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``sebench`` parser; with ``command``, only that command's options are declared."""
     parser = argparse.ArgumentParser(
         prog="sebench",
         description="Squeeze-and-Excitation networks: backbones and downstream benchmarks.",
         epilog="Run `sebench COMMAND --help` for a command's options.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    if command in ARGPARSE_COMMANDS:
+        importlib.import_module(ARGPARSE_COMMANDS[command]).add_parsers(subparsers)
+        return parser
     for name, text in LIGHTNING_COMMANDS.items():
         subparsers.add_parser(name, help=text, add_help=False)
     for name, (text, _) in OWN_PARSER_COMMANDS.items():
         subparsers.add_parser(name, help=text, add_help=False)
-    for command in (models_cmd, report, analysis_cli, convert_weights):
-        command.add_parsers(subparsers)
+    for module in dict.fromkeys(ARGPARSE_COMMANDS.values()):
+        importlib.import_module(module).add_parsers(subparsers)
     return parser
 
 
@@ -69,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"sebench {argv[0]}: error: {DETECTRON2_MISSING}", file=sys.stderr)
             return 2
         return module.main(argv[1:]) or 0
-    parser = build_parser()
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0

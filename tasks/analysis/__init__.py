@@ -1,20 +1,11 @@
-"""Analyses of trained SE models: excitations per class (the paper's Sec. 7.2) and SE pruning."""
+"""Analyses of trained SE models: excitations per class (the paper's Sec. 7.2) and SE pruning.
+
+Modules: ``excitations`` (hooks, statistics, plots), ``prune`` (evaluation before and after
+``backbones.prune_se``), ``loading`` (checkpoints, data modules, sampling), ``commands`` (what the
+two commands run) and ``cli`` (their options). Only ``cli`` is imported here: ``sebench`` imports
+this package to build its parser, and the rest pulls in Lightning.
+"""
 
 from .cli import add_parsers
-from .excitations import ExcitationRecorder, ExcitationStats, block_metrics, collect_excitations
-from .loading import LoadedModel, build_data_module, load_classifier
-from .prune import count_parameters, evaluate, prune_and_evaluate
 
-__all__ = [
-    "ExcitationRecorder",
-    "ExcitationStats",
-    "LoadedModel",
-    "add_parsers",
-    "block_metrics",
-    "build_data_module",
-    "collect_excitations",
-    "count_parameters",
-    "evaluate",
-    "load_classifier",
-    "prune_and_evaluate",
-]
+__all__ = ["add_parsers"]
