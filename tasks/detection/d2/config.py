@@ -56,11 +56,6 @@ def add_sebench_config(cfg: CfgNode) -> None:
     cfg.SOLVER.AMP.PRECISION = ""
 
 
-def supported_models() -> list[str]:
-    """Registry names the detectron2 trunks accept: every model of the ResNet family."""
-    return resnet_family_models()
-
-
 def sebench_model_args(cfg: CfgNode) -> tuple[str, dict[str, Any]]:
     """The registry name and keywords of ``cfg.MODEL.SEBENCH``, checked against the registry.
 
@@ -78,16 +73,16 @@ def sebench_model_args(cfg: CfgNode) -> tuple[str, dict[str, Any]]:
         )
     name = cfg.MODEL.SEBENCH.NAME
     if not backbones.is_model(name):
-        close = difflib.get_close_matches(str(name), supported_models(), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(str(name), resnet_family_models(), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(
             f"MODEL.SEBENCH.NAME={name!r} is not a registry model.{hint} "
-            f"Supported: {', '.join(supported_models())}"
+            f"Supported: {', '.join(resnet_family_models())}"
         )
     if backbones.model_class(name) is not ResNet:
         raise ValueError(
             f"MODEL.SEBENCH.NAME={name!r} ({backbones.model_class(name).__name__}) has no "
-            f"detectron2 trunk; supported (ResNet family): {', '.join(supported_models())}"
+            f"detectron2 trunk; supported (ResNet family): {', '.join(resnet_family_models())}"
         )
     items = cfg.MODEL.SEBENCH.KWARGS
     if isinstance(items, str):
