@@ -234,6 +234,31 @@ def test_data_module_skips_or_keeps_images_without_boxes(tiny_coco: dict[str, st
     assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)
 
 
+def test_data_module_parses_each_json_once(
+    tiny_coco: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # COCO's train JSON takes seconds and GBs to parse: categories, checks, the pycocotools
+    # index and the test split (the val file by default) all share one parse per file.
+    parsed: list[str] = []
+    real_read_text = Path.read_text
+
+    def counting_read_text(path: Path, *args: Any, **kwargs: Any) -> str:
+        if path.suffix == ".json":
+            parsed.append(path.name)
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting_read_text)
+    data = COCODetectionDataModule(**tiny_coco, num_workers=0)
+    assert data.num_classes == 2
+    for stage in ("fit", "validate", "test"):
+        data.setup(stage)
+    json_names = {Path(tiny_coco[key]).name for key in ("train_json", "val_json")}
+    assert sorted(parsed) == sorted(json_names)
+    assert len(data.coco_gt("test").getImgIds()) == 3
+    _, target = data.val_dataloader().dataset[0]
+    assert target["boxes"].shape[1] == 4
+
+
 def test_data_module_rejects_mismatched_categories(tiny_coco: dict[str, str]) -> None:
     train_json = Path(tiny_coco["train_json"])
     document = json.loads(train_json.read_text())

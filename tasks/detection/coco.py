@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COCOFormatError", "COCOSummary", "check_coco", "is_degenerate_box"]
+__all__ = ["COCOFormatError", "COCOSummary", "check_coco", "is_degenerate_box", "load_coco"]
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
 
@@ -64,7 +64,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _load(json_file: Path) -> dict[str, Any]:
+def load_coco(json_file: str | Path) -> dict[str, Any]:
+    """Parse a COCO instances file, checking only its top-level structure."""
+    json_file = Path(json_file)
     if not json_file.is_file():
         raise FileNotFoundError(f"COCO annotation file {json_file} does not exist")
     try:
@@ -158,7 +160,9 @@ def _get_id(annotation: Any) -> Any:
     return annotation.get("id", "?") if isinstance(annotation, dict) else "?"
 
 
-def check_coco(json_file: str | Path, image_root: str | Path) -> COCOSummary:
+def check_coco(
+    json_file: str | Path, image_root: str | Path, document: dict[str, Any] | None = None
+) -> COCOSummary:
     """Validate a COCO instances file against the COCO format and its image folder.
 
     Checks: the file is a JSON object with ``images``, ``annotations`` and ``categories``; each
@@ -170,6 +174,8 @@ def check_coco(json_file: str | Path, image_root: str | Path) -> COCOSummary:
     Args:
         json_file (str | Path): the instances JSON, e.g. ``annotations/instances_val2017.json``.
         image_root (str | Path): the folder the images' ``file_name`` is relative to.
+        document (dict | None): the file's contents if already read by :func:`load_coco`
+            (COCO's train JSON takes seconds to parse); None reads ``json_file``.
 
     Returns:
         A ``COCOSummary``.
@@ -179,7 +185,8 @@ def check_coco(json_file: str | Path, image_root: str | Path) -> COCOSummary:
         COCOFormatError: the first problem found, naming the file and the image or annotation id.
     """
     json_file, image_root = Path(json_file), Path(image_root)
-    document = _load(json_file)
+    if document is None:
+        document = load_coco(json_file)
     if not image_root.is_dir():
         raise FileNotFoundError(f"image folder {image_root} (for {json_file}) does not exist")
     categories = _check_categories(json_file, document["categories"])

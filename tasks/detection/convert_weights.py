@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 import backbones
-from backbones.resnet import ResNet
 from backbones import format_kwargs, parse_kwargs
+from backbones.resnet import ResNet
 from backbones.weights import TIMM_EQUIVALENTS, create_from_timm
 from backbones.weights.checkpoint import check_state_dict, read_checkpoint
 

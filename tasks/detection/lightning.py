@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -25,13 +24,13 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import tv_tensors
-from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+from torchvision.datasets import CocoDetection, VisionDataset, wrap_dataset_for_transforms_v2
 from torchvision.transforms import v2
 
 from tasks._lightning import stop_if_not_finite
 from tasks.classification.module import lr_factor
 
-from .coco import COCOFormatError, COCOSummary, check_coco
+from .coco import COCOFormatError, COCOSummary, check_coco, load_coco
 from .evaluation import AP_KEYS, coco_box_ap
 from .torchvision_model import build_faster_rcnn
 
@@ -215,6 +214,9 @@ class COCODetectionDataModule(lightning.LightningDataModule):
         self.num_workers, self.horizontal_flip = num_workers, horizontal_flip
         self.keep_empty_train_images, self.check_files = keep_empty_train_images, check_files
         self._categories: dict[int, str] | None = None
+        # Each JSON is parsed once per process (COCO's train file takes seconds and GBs): the
+        # same dict serves the categories, the checks and the pycocotools index.
+        self._documents: dict[Path, dict[str, Any]] = {}
         self._datasets: dict[str, Dataset] = {}
         self._coco: dict[str, COCO] = {}
         self.summaries: dict[str, COCOSummary] = {}
@@ -223,8 +225,14 @@ class COCODetectionDataModule(lightning.LightningDataModule):
     def categories(self) -> dict[int, str]:
         """COCO category id -> name, read from the validation JSON (smaller than train's)."""
         if self._categories is None:
-            self._categories = _read_categories(self.splits["val"][0])
+            json_file = self.splits["val"][0]
+            self._categories = _categories(json_file, self._document(json_file))
         return self._categories
+
+    def _document(self, json_file: Path) -> dict[str, Any]:
+        if json_file not in self._documents:
+            self._documents[json_file] = load_coco(json_file)
+        return self._documents[json_file]
 
     @property
     def category_ids(self) -> list[int]:
@@ -250,14 +258,13 @@ class COCODetectionDataModule(lightning.LightningDataModule):
 
     def _build(self, split: str) -> Dataset:
         json_file, image_root = self.splits[split]
-        summary = self._check(split, json_file, image_root)
+        document = self._document(json_file)
+        summary = self._check(split, json_file, image_root, document)
         label_of_category = {c: i + 1 for i, c in enumerate(self.category_ids)}
         transforms = _transforms(
             label_of_category, train=split == "train", flip=self.horizontal_flip
         )
-        # pycocotools prints while it indexes the file.
-        with _quiet():
-            base = CocoDetection(str(image_root), str(json_file), transforms=transforms)
+        base = _IndexedCocoDetection(image_root, _coco_index(document), transforms)
         dataset = wrap_dataset_for_transforms_v2(
             base, target_keys=("image_id", "boxes", "labels", "iscrowd")
         )
@@ -276,10 +283,13 @@ class COCODetectionDataModule(lightning.LightningDataModule):
         )
         return Subset(dataset, kept)
 
-    def _check(self, split: str, json_file: Path, image_root: Path) -> COCOSummary:
-        summary = check_coco(json_file, image_root) if self.check_files else None
-        if summary is None:
-            summary = COCOSummary(json_file, 0, 0, _read_categories(json_file), [])
+    def _check(
+        self, split: str, json_file: Path, image_root: Path, document: dict[str, Any]
+    ) -> COCOSummary:
+        if self.check_files:
+            summary = check_coco(json_file, image_root, document)
+        else:
+            summary = COCOSummary(json_file, 0, 0, _categories(json_file, document), [])
         if summary.categories.keys() != self.categories.keys():
             raise COCOFormatError(
                 f"{json_file}: categories {sorted(summary.categories)} differ from those of "
@@ -318,14 +328,33 @@ class COCODetectionDataModule(lightning.LightningDataModule):
         return self._loader("test", train=False)
 
 
-def _read_categories(json_file: Path) -> dict[int, str]:
-    if not json_file.is_file():
-        raise FileNotFoundError(f"COCO annotation file {json_file} does not exist")
+def _categories(json_file: Path, document: dict[str, Any]) -> dict[int, str]:
     try:
-        categories = json.loads(json_file.read_text())["categories"]
-        return {int(c["id"]): str(c["name"]) for c in categories}
+        return {int(c["id"]): str(c["name"]) for c in document["categories"]}
     except (ValueError, KeyError, TypeError) as err:
         raise COCOFormatError(f"{json_file}: cannot read its categories ({err!r})") from err
+
+
+def _coco_index(document: dict[str, Any]) -> COCO:
+    """A pycocotools index over an already-parsed document (``COCO(path)`` would parse again)."""
+    coco = COCO()
+    coco.dataset = document
+    with _quiet():  # pycocotools prints while it indexes
+        coco.createIndex()
+    return coco
+
+
+class _IndexedCocoDetection(CocoDetection):
+    """torchvision's ``CocoDetection`` over a ready pycocotools index.
+
+    A subclass, so that ``wrap_dataset_for_transforms_v2`` still treats it as COCO; only the
+    parsing in ``CocoDetection.__init__`` is skipped.
+    """
+
+    def __init__(self, root: Path, coco: COCO, transforms: Any) -> None:
+        VisionDataset.__init__(self, str(root), transforms=transforms)
+        self.coco = coco
+        self.ids = sorted(coco.imgs)
 
 
 def _quiet() -> Any:

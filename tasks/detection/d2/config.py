@@ -25,10 +25,10 @@ from typing import Any
 from detectron2.config import CfgNode
 
 import backbones
-from backbones.resnet import ResNet
 
 # The kwargs helpers live beside the weight converter, which must import without detectron2.
 from backbones import format_kwargs, parse_kwargs
+from backbones.resnet import ResNet
 
 from ..convert_weights import resnet_family_models
 
