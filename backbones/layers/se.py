@@ -49,27 +49,25 @@ class SEBlock(nn.Module):
         # Linear layers on [N, C] rather than 1x1 convs on [N, C, 1, 1]: fewer reshapes, and the
         # same weights (up to a view) as timm's conv-based SE modules.
         self.fc1 = nn.Linear(channels, max(1, rd_channels))
-        self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Linear(max(1, rd_channels), channels)
         # A module of its own, so forward hooks on `gate` see the excitation vector.
         self.gate = GATES[gate]()
 
     def excitation(self, x: torch.Tensor) -> torch.Tensor:
         """The per-channel scale, shaped to broadcast against ``x``."""
+        n, c, h, w = x.shape
         if self.squeeze == "none":
-            s = F.conv2d(x, self.fc1.weight[:, :, None, None], self.fc1.bias)
-            s = F.conv2d(self.act(s), self.fc2.weight[:, :, None, None], self.fc2.bias)
-            return self.gate(s)
-        # The FC layers are called through F.linear / addmm, not as modules: at inference SE
-        # costs more in per-op overhead than in arithmetic, and this path has the fewest ops.
+            s = F.conv2d(x, self.fc1.weight[:, :, None, None], self.fc1.bias).relu_()
+            return self.gate(F.conv2d(s, self.fc2.weight[:, :, None, None], self.fc2.bias))
+        # At batch 1 SE costs more in per-op overhead than in arithmetic, so this path has the
+        # fewest operators: functional FC layers, an in-place ReLU, a view rather than indexing.
         if self.squeeze == "avg":
             # The mean's 1/HW rides on fc1's matmul (alpha) instead of a division of its own.
-            area = x.shape[2] * x.shape[3]
-            s = torch.addmm(self.fc1.bias, x.sum((2, 3)), self.fc1.weight.t(), alpha=1.0 / area)
+            s = torch.addmm(self.fc1.bias, x.sum((2, 3)), self.fc1.weight.t(), alpha=1.0 / (h * w))
         else:
             s = F.linear(x.amax((2, 3)), self.fc1.weight, self.fc1.bias)
-        s = F.linear(self.act(s), self.fc2.weight, self.fc2.bias)
-        return self.gate(s)[:, :, None, None]
+        s = F.linear(s.relu_(), self.fc2.weight, self.fc2.bias)
+        return self.gate(s).view(n, c, 1, 1)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` rescaled by its excitation; plus ``residual`` if given.
