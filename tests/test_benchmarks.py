@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 
-from benchmarks import cifar_throughput, detection_speed
+import backbones
+from benchmarks import cifar_throughput, detection_speed, se_breakdown
 
 
 def test_cifar_throughput_reports_both_paths_and_models(tmp_path):
@@ -31,3 +33,32 @@ def test_detection_speed_reports_the_se_over_plain_ratio(tmp_path, engine):
     assert set(result["seconds_per_iter"]) == {"se_resnet50", "resnet50"}
     assert all(s > 0 for s in result["seconds_per_iter"].values()) and result["ratio"] > 0
     assert result["goal_status"] == "not measured (not a GPU run)"
+
+
+def test_se_breakdown_variants_and_their_restoration(tmp_path):
+    tiny = {"layers": [1, 1, 1, 1], "base_width": 16}
+    model = backbones.create_model("se_resnet50", **tiny).eval()
+    plain = backbones.create_model("resnet50", **tiny).eval()
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and all(".se." in key for key in unexpected)
+    x = torch.randn(2, 3, 64, 64)
+    blocks = se_breakdown.standard_se_blocks(model)
+    assert len(blocks) == 4
+    with torch.no_grad():
+        full = model(x)
+        with se_breakdown.variant(blocks, "plain"):
+            assert torch.equal(model(x), plain(x))
+        with se_breakdown.variant(blocks, "squeeze"):
+            halved = model(x)
+        assert torch.equal(model(x), full), "the SE blocks are restored after a variant"
+    assert not torch.allclose(halved, full)
+
+    result = se_breakdown.main([
+        "--model", "se_preact_resnet110", "--mode", "train", "--batch-size", "2",
+        "--repeats", "2", "--calls", "1", "--warmup", "1", "--out", str(tmp_path / "b.json"),
+    ])
+    assert result["se_blocks"] == 54
+    assert set(result["time_over_plain"]) == set(se_breakdown.VARIANTS)
+    assert result["time_over_plain"]["plain"] == 1.0
+    assert all(ms > 0 for ms in result["ms_per_call"].values())
+    assert se_breakdown.cli(["--model", "resnet50"]) == 2

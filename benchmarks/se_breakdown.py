@@ -1,0 +1,172 @@
+"""Where SE's time goes: one SE model timed with parts of its SE blocks switched off.
+
+    OMP_NUM_THREADS=2 python -m benchmarks.se_breakdown --model se_resnet50 --batch-size 1
+
+Every variant runs on the same model instance, so the weights sit at the same addresses and
+the comparison is free of the 1-2% that separate two instances of one model on a CPU:
+
+    plain      SE off: each block returns branch + shortcut, the plain model's forward
+    structure  the SE block's fused rescale-and-sum (addcmul) with a fixed scale
+    squeeze    + the squeeze (sum over H x W); its result is dropped, the scale stays fixed
+    full       the SE block as it is (squeeze, two FC layers, gate, rescale-and-sum)
+
+The variants are timed interleaved (the starting one rotating per repeat); each repeat's time is
+divided by the same repeat's ``plain`` time and the median ratio is reported. Applies to the
+residual families (ResNet, ResNeXt, SENet-154, pre-activation ResNets) with SE at the standard
+site.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import types
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import backbones
+from backbones.layers.se import ResidualSE, SEBlock
+from benchmarks._env import environment, save_result
+from benchmarks.throughput import _device, make_step, time_calls
+
+VARIANTS = ("plain", "structure", "squeeze", "full")
+
+
+def standard_se_blocks(model: nn.Module) -> list[ResidualSE]:
+    """The residual blocks of ``model`` with an SE block at the standard site."""
+    blocks = [m for m in model.modules() if isinstance(m, ResidualSE) and m.se_site == "standard"]
+    if not blocks:
+        raise ValueError(
+            f"{type(model).__name__} has no residual block with SE at the standard site; this "
+            "benchmark takes an SE ResNet, ResNeXt, SENet-154 or pre-activation ResNet"
+        )
+    return blocks
+
+
+def _fixed_scale(block: SEBlock, x: torch.Tensor) -> torch.Tensor:
+    # Cached, so the variant adds no allocation of its own.
+    scale = block.__dict__.get("_fixed_scale")
+    if scale is None or scale.shape[:2] != x.shape[:2] or scale.dtype != x.dtype:
+        scale = block.__dict__["_fixed_scale"] = x.new_full((*x.shape[:2], 1, 1), 0.5)
+    return scale
+
+
+def _structure(block: SEBlock, x: torch.Tensor) -> torch.Tensor:
+    return _fixed_scale(block, x)
+
+
+def _squeeze(block: SEBlock, x: torch.Tensor) -> torch.Tensor:
+    x.sum((2, 3))
+    return _fixed_scale(block, x)
+
+
+@contextmanager
+def variant(blocks: Sequence[ResidualSE], name: str) -> Iterator[None]:
+    """Switch every block to ``name`` (one of :data:`VARIANTS`) for the ``with`` body."""
+    excitation = {"structure": _structure, "squeeze": _squeeze}.get(name)
+    for block in blocks:
+        block.se_site = None if name == "plain" else "standard"
+        if excitation is not None:
+            block.se.excitation = types.MethodType(excitation, block.se)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block.se_site = "standard"
+            block.se.__dict__.pop("excitation", None)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default="se_resnet50", help="registry name (se_resnet50)")
+    p.add_argument("--mode", choices=["infer", "train"], default="infer")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per call (1)")
+    p.add_argument("--input-size", type=int, help="image side (the model's native size)")
+    p.add_argument("--repeats", type=int, default=40, help="rounds over the variants (40)")
+    p.add_argument("--calls", type=int, default=4, help="timed calls per variant per round (4)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first (3)")
+    p.add_argument("--out", type=Path, help="write the JSON result here")
+    args = p.parse_args(argv)
+    for key in ("batch_size", "repeats", "calls"):
+        if getattr(args, key) < 1:
+            p.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = _device(args.device)
+    model = backbones.create_model(args.model).to(device).train(args.mode == "train")
+    blocks = standard_se_blocks(model)
+    channels, height, width = model.default_input_size
+    if args.input_size:
+        height = width = args.input_size
+    x = torch.randn(args.batch_size, channels, height, width, device=device)
+    y = torch.randint(0, model.num_classes, (args.batch_size,), device=device)
+    step = make_step(model, x, y, train=args.mode == "train", dtype=None)
+
+    seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for name in VARIANTS:
+        with variant(blocks, name):
+            time_calls(step, args.warmup, device)
+    for repeat in range(args.repeats):
+        shift = repeat % len(VARIANTS)
+        for name in VARIANTS[shift:] + VARIANTS[:shift]:
+            with variant(blocks, name):
+                seconds[name].append(time_calls(step, args.calls, device) / args.calls)
+
+    plain = seconds["plain"]
+    result = {
+        "benchmark": "se_breakdown",
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "environment": environment(),
+        "se_blocks": len(blocks),
+        "ms_per_call": {k: round(1e3 * statistics.median(v), 3) for k, v in seconds.items()},
+        "time_over_plain": {
+            k: round(statistics.median(a / b for a, b in zip(v, plain)), 4)
+            for k, v in seconds.items()
+        },
+    }
+    print(_markdown(result))
+    save_result(result, args.out)
+    return result
+
+
+def _markdown(result: dict) -> str:
+    s, env = result["settings"], result["environment"]
+    lines = [
+        f"{s['model']} ({result['se_blocks']} SE blocks), {s['mode']}, {s['device']} "
+        f"({env.get('gpu', env['cpu'])}), batch {s['batch_size']}, {s['repeats']} rounds x "
+        f"{s['calls']} calls; torch {env['torch']}, {env['threads']} threads, "
+        f"commit {env['git_commit']}, {env['date']}.",
+        "",
+        "| variant | ms per call (median) | time / plain (paired median) |",
+        "|---|---|---|",
+    ]
+    for name in VARIANTS:
+        lines.append(
+            f"| {name} | {result['ms_per_call'][name]:.2f} | {result['time_over_plain'][name]:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.se_breakdown``: exit code 2 and one line on bad input."""
+    try:
+        main(argv)
+    except (ValueError, KeyError) as err:
+        print(f"se_breakdown: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
