@@ -138,3 +138,39 @@ def test_fast_path_under_bf16_autocast(device, layout, squeeze):
                                       autocast_dtype=torch.bfloat16)
     assert out.is_contiguous(memory_format=LAYOUTS[layout]), out.stride()
 
+
+
+class _CountCalls(torch.overrides.TorchFunctionMode):
+    """Counts the torch functions called under it (the real ones still run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[object, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls[func] = self.calls.get(func, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_lightning_training_runs_the_fused_se_path(tmp_path) -> None:
+    # The speed work needs no change to user code: a plain `fit` of a registry SE model goes
+    # through the fused squeeze (addmm) and rescale-and-sum (addcmul) of every SE block.
+    import lightning
+
+    from tasks.classification.data.cifar import CIFARDataModule
+    from tasks.classification.module import ClassificationModule
+
+    module = ClassificationModule("se_preact_resnet110", {"layers": [1, 1, 1]}, 10, lr=0.01)
+    data = CIFARDataModule(str(tmp_path), batch_size=8, num_workers=0, synthetic=True,
+                           synthetic_size=16, pin_memory=False)
+    trainer = lightning.Trainer(
+        accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    se_blocks = [m for m in module.modules() if isinstance(m, SEBlock)]
+    counter = _CountCalls()
+    with counter:
+        trainer.fit(module, data)
+    assert trainer.global_step == 2 and len(se_blocks) == 3
+    assert counter.calls.get(torch.addcmul) == 2 * len(se_blocks)
+    assert counter.calls.get(torch.addmm, 0) >= 2 * len(se_blocks)
