@@ -88,6 +88,7 @@ def measure_input_paths(args: argparse.Namespace, device: torch.device) -> dict[
         torch.from_numpy(data).to(device), targets.to(device),
         batch_size=args.batch_size, mean=MEAN[args.dataset], std=STD[args.dataset], train=True,
         cutout=args.cutout,
+        memory_format=torch.channels_last if args.channels_last else torch.contiguous_format,
     )
     n = args.steps
     return {

@@ -151,10 +151,8 @@ def _markdown(result: dict) -> str:
         "| variant | ms per call (median) | time / plain (paired median) |",
         "|---|---|---|",
     ]
-    for name in VARIANTS:
-        lines.append(
-            f"| {name} | {result['ms_per_call'][name]:.2f} | {result['time_over_plain'][name]:.4f} |"
-        )
+    ms, ratio = result["ms_per_call"], result["time_over_plain"]
+    lines += [f"| {name} | {ms[name]:.2f} | {ratio[name]:.4f} |" for name in VARIANTS]
     return "\n".join(lines)
 
 

@@ -351,6 +351,35 @@ def test_each_epoch_is_a_new_permutation() -> None:
         assert torch.equal(la, lb) and torch.equal(a, b)
 
 
+def test_resident_batches_need_no_layout_copy() -> None:
+    # Built channels-last on the device; left so unless a format is asked for, since the module
+    # converts once to the model's own format.
+    images, _ = next(iter(_resident(8)))
+    assert images.shape == (4, 3, 32, 32)
+    assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+    nchw, _ = next(iter(_resident(8, memory_format=torch.contiguous_format)))
+    assert nchw.is_contiguous() and torch.equal(nchw, images)
+
+
+def test_data_seed_follows_seed_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # restored after the test
+
+    def first_batch(data: CIFARDataModule) -> torch.Tensor:
+        data.setup("fit")
+        return next(iter(data.train_dataloader()))[0]
+
+    options = dict(synthetic=True, synthetic_size=32, batch_size=8, gpu_resident=True)
+    L.seed_everything(3)
+    following = CIFARDataModule(str(tmp_path), **options)
+    assert following.seed == 3 and CIFARDataModule(str(tmp_path), seed=5, **options).seed == 5
+    batch_3 = first_batch(following)
+    L.seed_everything(4)
+    assert following.seed == 4
+    assert not torch.equal(first_batch(CIFARDataModule(str(tmp_path), **options)), batch_3)
+
+
 def test_evaluation_order_is_fixed_and_unaugmented() -> None:
     loader = _resident(6, batch_size=4, train=False)
     images, labels = next(iter(loader))

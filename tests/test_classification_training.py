@@ -448,3 +448,27 @@ def test_gpu_flags_parse_and_change_nothing_else(capsys):
     assert gpu["model"] == plain["model"] and gpu["seed_everything"] == plain["seed_everything"]
     changed = {k for k in plain["trainer"] if plain["trainer"][k] != gpu["trainer"][k]}
     assert changed == {"devices", "strategy", "precision", "sync_batchnorm"}, changed
+
+
+def test_images_per_s_clock_runs_again_after_mid_epoch_validation(tmp_path):
+    class ClockProbe(lightning.Callback):
+        """Whether the results clock runs at each training batch."""
+
+        def __init__(self, results: ResultsCallback) -> None:
+            self.results, self.running = results, []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.running.append(self.results._clock is not None)
+
+    results = ResultsCallback()
+    probe = ClockProbe(results)
+    trainer = lightning.Trainer(
+        **TINY_TRAINER, max_epochs=1, val_check_interval=0.5, logger=CSVLogger(tmp_path),
+        callbacks=[results, probe], enable_checkpointing=False, num_sanity_val_steps=0,
+    )
+    model = ClassificationModule("se_preact_resnet110", TINY_MODEL, 10, lr=0.05)
+    trainer.fit(model, _tiny_data(tmp_path, synthetic_size=64))
+    # 4 batches, validation after the second: the last two are timed as well.
+    assert probe.running == [True] * 4
+    fit = json.loads((Path(trainer.log_dir) / "results.json").read_text())
+    assert fit["images_per_s"] > 0

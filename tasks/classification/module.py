@@ -159,30 +159,40 @@ class ClassificationModule(lightning.LightningModule):
             # In place: the state dict keeps its names, so checkpoints load with or without it.
             self.model.compile()
         top5 = min(5, num_classes)
+        # validate_args=False: the check reads the labels back to the host (a GPU sync) at
+        # every step; the data modules check the label range once, when they load the data.
+        accuracy = functools.partial(
+            MulticlassAccuracy, num_classes, average="micro", validate_args=False
+        )
         self.metrics = nn.ModuleDict(
             {
-                "train_top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-                "val_top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-                "val_top5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
-                "test_top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-                "test_top5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+                "train_top1": accuracy(top_k=1),
+                "val_top1": accuracy(top_k=1),
+                "val_top5": accuracy(top_k=top5),
+                "test_top1": accuracy(top_k=1),
+                "test_top5": accuracy(top_k=top5),
             }
         )
         # Epochs behind the current weights; stored in checkpoints for the results of `test`.
         self.epochs_trained = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
+        # The GPU-resident CIFAR path hands over channels-last batches: one conversion here (none
+        # when the batch is already in the model's format).
+        layout = torch.channels_last if self.hparams.channels_last else torch.contiguous_format
+        return self.model(x.contiguous(memory_format=layout))
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        # Float32 under bf16/fp16 autocast, for the loss and the metrics alike: the log-softmax
+        # of low-precision logits is coarse, and their argmax can tie.
+        return self(images).float()
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        # Float32 loss under bf16/fp16 autocast: the log-softmax of low-precision logits is coarse.
-        return F.cross_entropy(logits.float(), target, label_smoothing=self.hparams.label_smoothing)
+        return F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
         images, target = batch
-        logits = self(images)
+        logits = self._logits(images)
         loss = self._loss(logits, target)
         stop_if_not_finite(
             self, loss, "The last good checkpoint (last.ckpt, written at the end of the previous "
@@ -208,7 +218,7 @@ class ClassificationModule(lightning.LightningModule):
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str) -> None:
         images, target = batch
-        logits = self(images)
+        logits = self._logits(images)
         loss = self._loss(logits, target)
         self.metrics[f"{prefix}_top1"].update(logits, target)
         self.metrics[f"{prefix}_top5"].update(logits, target)
@@ -318,7 +328,10 @@ def _rng_states() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # This process's own device only. Under DDP every rank seeds alike and draws alike, so
+        # rank 0's stream (the one saved) is each rank's on its own device; a list of every
+        # device's state, as rank 0 sees them, would give the other ranks their unused streams.
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "python": random.getstate(),
     }
@@ -326,9 +339,8 @@ def _rng_states() -> dict[str, Any]:
 
 def _set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
-    # Only on the same number of GPUs; elsewhere the CUDA streams start from the seed.
-    if states["cuda"] and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if isinstance(states["cuda"], torch.Tensor) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
     name, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(_as_tuple(states["python"]))

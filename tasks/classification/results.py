@@ -168,8 +168,9 @@ class ResultsCallback(lightning.Callback):
     def on_validation_end(
         self, trainer: lightning.Trainer, pl_module: lightning.LightningModule
     ) -> None:
-        # Validation inside a training epoch: restart the clock for the rest of the epoch.
-        if trainer.training and not trainer.sanity_checking:
+        # Validation inside a training epoch: restart the clock for the rest of the epoch. (Not
+        # `trainer.training`: Lightning sets it back only after this hook.)
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._clock = self._now(pl_module)
 
     def on_train_epoch_end(
