@@ -32,7 +32,7 @@ from torch import nn
 import backbones
 from backbones.layers.se import ResidualSE, SEBlock
 from benchmarks._env import environment, save_result
-from benchmarks.throughput import _device, make_step, time_calls
+from benchmarks.throughput import _device, _rotated, make_step, time_calls
 
 VARIANTS = ("plain", "structure", "squeeze", "full")
 
@@ -118,8 +118,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         with variant(blocks, name):
             time_calls(step, args.warmup, device)
     for repeat in range(args.repeats):
-        shift = repeat % len(VARIANTS)
-        for name in VARIANTS[shift:] + VARIANTS[:shift]:
+        for name in _rotated(VARIANTS, repeat):
             with variant(blocks, name):
                 seconds[name].append(time_calls(step, args.calls, device) / args.calls)
 
