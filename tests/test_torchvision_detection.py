@@ -238,7 +238,8 @@ def test_data_module_parses_each_json_once(
     tiny_coco: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # COCO's train JSON takes seconds and GBs to parse: categories, checks, the pycocotools
-    # index and the test split (the val file by default) all share one parse per file.
+    # index and the test split (the val file by default) all share one parse per file, and the
+    # test split reuses the val split's dataset.
     parsed: list[str] = []
     real_read_text = Path.read_text
 
@@ -255,8 +256,27 @@ def test_data_module_parses_each_json_once(
     json_names = {Path(tiny_coco[key]).name for key in ("train_json", "val_json")}
     assert sorted(parsed) == sorted(json_names)
     assert len(data.coco_gt("test").getImgIds()) == 3
+    assert data.coco_gt("test") is data.coco_gt("val")  # one index, one check for both
     _, target = data.val_dataloader().dataset[0]
     assert target["boxes"].shape[1] == 4
+
+
+def test_data_module_builds_a_test_split_of_its_own_files(
+    tiny_coco: dict[str, str], tmp_path: Path
+) -> None:
+    val_json = Path(tiny_coco["val_json"])
+    document = json.loads(val_json.read_text())
+    document["images"] = document["images"][:1]
+    kept = {document["images"][0]["id"]}
+    document["annotations"] = [a for a in document["annotations"] if a["image_id"] in kept]
+    test_json = tmp_path / "test.json"
+    test_json.write_text(json.dumps(document))
+    data = COCODetectionDataModule(**tiny_coco, test_json=str(test_json), num_workers=0)
+    data.setup("validate")
+    data.setup("test")
+    assert data.coco_gt("test") is not data.coco_gt("val")
+    assert len(data.coco_gt("test").getImgIds()) == 1
+    assert len(data.test_dataloader().dataset) == 1
 
 
 def test_data_module_rejects_mismatched_categories(tiny_coco: dict[str, str]) -> None:

@@ -253,7 +253,15 @@ class COCODetectionDataModule(lightning.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}
         for split in wanted.get(stage or "fit", ["train", "val", "test"]):
-            if split not in self._datasets:
+            if split in self._datasets:
+                continue
+            twin = {"val": "test", "test": "val"}.get(split)
+            if twin in self._datasets and self.splits[twin] == self.splits[split]:
+                # The test split defaults to the val files: one checked dataset and one
+                # pycocotools index serve both.
+                self._datasets[split], self._coco[split] = self._datasets[twin], self._coco[twin]
+                self.summaries[split] = self.summaries[twin]
+            else:
                 self._datasets[split] = self._build(split)
 
     def _build(self, split: str) -> Dataset:
