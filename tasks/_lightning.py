@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 __all__ = [
     "ExperimentCLI",
     "NonFiniteLossError",
+    "best_and_latest_checkpoints",
     "default_loggers",
     "run_cli",
     "stop_if_not_finite",
@@ -52,6 +53,50 @@ def stop_if_not_finite(module: lightning.LightningModule, loss: torch.Tensor, ad
             f"training loss is {loss.item()} (not finite) at epoch {module.current_epoch}, "
             f"global step {module.global_step}; training stopped before this update. {advice}"
         )
+
+
+def best_and_latest_checkpoints(
+    dirpath: str, *, monitor: str, mode: str, counter: str
+) -> list[ModelCheckpoint]:
+    """The best checkpoint by ``monitor``, and the latest state with ``last.ckpt`` linking to it.
+
+    A fixed folder, not the run's version_N: a resumed run (a new version) must find the
+    previous run's last.ckpt for ``--ckpt_path last``. Two callbacks, because a monitoring
+    ModelCheckpoint refreshes last.ckpt only when the score improves.
+
+    Args:
+        dirpath: the experiment's checkpoint folder.
+        monitor: the logged validation score that ranks the best checkpoint.
+        mode: ``"min"`` or ``"max"``: which way ``monitor`` is better.
+        counter: ``"epoch"`` or ``"step"``: what numbers the file names.
+    """
+    number = {"epoch": "{epoch:03d}", "step": "{step:07d}"}[counter]
+    best = ModelCheckpoint(
+        dirpath=dirpath,
+        filename=f"best-{counter}{number}",
+        auto_insert_metric_name=False,
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        # Only after a validation: at the end of a training epoch that had none (a run stopped
+        # by max_steps inside an epoch), there is no score to rank.
+        save_on_train_epoch_end=False,
+    )
+    # Keeps one file, the latest state (the previous one is removed); last.ckpt links to it (or
+    # is a copy where links are not allowed), so each state is written once. At the end of every
+    # training epoch, including a partial last one where max_steps stops the run. No version
+    # counter: a resumed run that saves the step it resumed from again must overwrite that file
+    # and last.ckpt, not leave a last-v1.ckpt linking to a file it then removes.
+    latest = ModelCheckpoint(
+        dirpath=dirpath,
+        filename=f"{counter}{number}",
+        auto_insert_metric_name=False,
+        save_top_k=1,
+        save_on_train_epoch_end=True,
+        save_last="link",
+        enable_version_counter=False,
+    )
+    return [best, latest]
 
 
 def default_loggers(save_dir: str, experiment: str) -> list[Any]:

@@ -402,6 +402,10 @@ def test_cli_fit_writes_results_and_resumes_validate(
     resumed = json.loads((experiment / "version_2" / "results.json").read_text())
     assert resumed["trained_steps"] == resumed["evaluated_at_step"] == 3
     assert torch.load(last, weights_only=False)["global_step"] == 3
+    # One best, one latest and its link: the resumed run re-saved step 2 without a last-v1.ckpt
+    # (a link to the removed step 2 file) beside last.ckpt.
+    names = sorted(path.name for path in last.parent.iterdir())
+    assert names == ["best-step0000002.ckpt", "last.ckpt", "step0000003.ckpt"]
 
 
 def test_cli_bad_input_exits_2_with_one_line(

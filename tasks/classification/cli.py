@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import lightning
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from .._lightning import ExperimentCLI, run_cli
+from .._lightning import ExperimentCLI, best_and_latest_checkpoints, run_cli
 from .data import cifar, places365  # noqa: F401  (so `--data CIFARDataModule` resolves)
 from .module import ClassificationModule
 from .results import ResultsCallback
@@ -61,38 +61,12 @@ class SEBenchCLI(ExperimentCLI):
         )
 
     def checkpoint_callbacks(self, dirpath: str) -> list[ModelCheckpoint]:
-        return _checkpoint_callbacks(dirpath)
+        return best_and_latest_checkpoints(
+            dirpath, monitor="val/top1_err", mode="min", counter="epoch"
+        )
 
     def results_callback(self) -> ResultsCallback:
         return ResultsCallback(experiment=self.experiment, config=self.dumped_config())
-
-
-def _checkpoint_callbacks(dirpath: str) -> list[ModelCheckpoint]:
-    """The best epoch by ``val/top1_err``, and every epoch's state (``last.ckpt``).
-
-    A fixed folder, not the run's version_N: a resumed run (a new version) must find the
-    previous run's last.ckpt for ``--ckpt_path last``. Two callbacks, because a monitoring
-    ModelCheckpoint refreshes last.ckpt only in epochs that improve on the best.
-    """
-    best = ModelCheckpoint(
-        dirpath=dirpath,
-        filename="best-epoch{epoch:03d}",
-        auto_insert_metric_name=False,
-        monitor="val/top1_err",
-        mode="min",
-        save_top_k=1,
-    )
-    # Keeps the latest epoch's checkpoint (the previous one is removed); last.ckpt links to it
-    # (or is a copy where links are not allowed), so each epoch is written once.
-    latest = ModelCheckpoint(
-        dirpath=dirpath,
-        filename="epoch{epoch:03d}",
-        auto_insert_metric_name=False,
-        save_top_k=1,
-        save_last="link",
-        every_n_epochs=1,
-    )
-    return [best, latest]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 import lightning
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from tasks._lightning import ExperimentCLI, run_cli
+from tasks._lightning import ExperimentCLI, best_and_latest_checkpoints, run_cli
 
 from .lightning import COCODetectionDataModule, DetectionModule
 from .paper import PAPER_TABLE7, paper_line
@@ -108,7 +108,7 @@ class TVDetectionCLI(ExperimentCLI):
         return f"tv_{config['model']['model_name']}"
 
     def checkpoint_callbacks(self, dirpath: str) -> list[ModelCheckpoint]:
-        return _checkpoint_callbacks(dirpath)
+        return best_and_latest_checkpoints(dirpath, monitor="val/AP", mode="max", counter="step")
 
     def results_callback(self) -> DetectionResultsCallback:
         return DetectionResultsCallback(self.experiment, self.dumped_config())
@@ -124,31 +124,6 @@ class TVDetectionCLI(ExperimentCLI):
             return
         if module.last_ap_step != module.trained_steps:
             trainer.validate(module, datamodule=self.datamodule, verbose=False)
-
-def _checkpoint_callbacks(dirpath: str) -> list[ModelCheckpoint]:
-    """The best validation by ``val/AP`` and the latest state (``last.ckpt``).
-
-    Named by the global step, in a fixed folder so a resumed run finds last.ckpt. The best is
-    written when validation runs; the latest at the end of every epoch too, including the
-    partial last one where ``max_steps`` stops the run.
-    """
-    best = ModelCheckpoint(
-        dirpath=dirpath,
-        filename="best-step{step:07d}",
-        auto_insert_metric_name=False,
-        monitor="val/AP",
-        mode="max",
-        save_top_k=1,
-    )
-    latest = ModelCheckpoint(
-        dirpath=dirpath,
-        filename="step{step:07d}",
-        auto_insert_metric_name=False,
-        save_top_k=1,
-        save_on_train_epoch_end=True,
-        save_last="link",
-    )
-    return [best, latest]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
