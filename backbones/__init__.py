@@ -16,6 +16,7 @@ from ._builder import accepted_kwargs, create_model, format_kwargs, parse_kwargs
 from ._features import FeatureInfo, FeatureListNet
 from ._registry import is_model, list_models, model_class, register_model
 from .complexity import model_complexity
+from .errors import InputError, MissingFileError
 from .layers import SEBlock, SEConfig
 from .prune import IdentitySE, prune_se, se_blocks, se_sites, select_se_blocks
 
@@ -24,6 +25,7 @@ __all__ = [
     "FeatureInfo",
     "FeatureListNet",
     "IdentitySE",
+    "InputError",
     "SEBlock",
     "SEConfig",
     "accepted_kwargs",
@@ -31,6 +33,7 @@ __all__ = [
     "format_kwargs",
     "is_model",
     "list_models",
+    "MissingFileError",
     "model_class",
     "model_complexity",
     "parse_kwargs",

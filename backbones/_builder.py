@@ -13,6 +13,7 @@ from torch import nn
 from ._base import Backbone
 from ._features import FeatureListNet
 from ._registry import model_entrypoint
+from .errors import InputError
 from .layers.se import SEConfig
 
 # create_model keywords that configure the SE block; `se` switches it on or off.
@@ -32,7 +33,7 @@ def _check_kwargs(model_cls: type[Backbone], kwargs: dict[str, Any], name: str) 
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(
+            raise InputError(
                 f"{name} ({model_cls.__name__}) got an unexpected keyword {key!r}.{hint} "
                 f"Accepted keywords: {', '.join(accepted)}"
             )
@@ -43,7 +44,7 @@ def _se_config(model_cls: type[Backbone], kwargs: dict[str, Any], name: str) -> 
     knobs = {k[len("se_"):]: kwargs.pop(k) for k in SE_KWARGS if k in kwargs}
     if not kwargs.pop("se", False):
         if knobs:
-            raise ValueError(
+            raise InputError(
                 f"{name} has SE switched off, so {sorted('se_' + k for k in knobs)} would do "
                 f"nothing; use the se_ model or pass se=True"
             )
@@ -52,14 +53,14 @@ def _se_config(model_cls: type[Backbone], kwargs: dict[str, Any], name: str) -> 
         stages = tuple(int(s) for s in knobs["stages"])
         bad = [s for s in stages if s not in model_cls.se_stage_ids]
         if bad or not stages:
-            raise ValueError(
+            raise InputError(
                 f"se_stages={list(stages)} is not valid for {name}: stages are numbered "
                 f"{list(model_cls.se_stage_ids)}"
             )
         knobs["stages"] = stages
     config = SEConfig(**knobs)
     if config.placement not in model_cls.se_placements:
-        raise ValueError(
+        raise InputError(
             f"se_placement={config.placement!r} is not implemented for {name} "
             f"({model_cls.__name__}); expected one of {list(model_cls.se_placements)}"
         )
@@ -75,7 +76,7 @@ def build_model(
     features_only = args.pop("features_only", False)
     out_indices: Sequence[int] | None = args.pop("out_indices", None)
     if out_indices is not None and not features_only:
-        raise ValueError(f"{name}: out_indices is only used with features_only=True")
+        raise InputError(f"{name}: out_indices is only used with features_only=True")
     args["se"] = _se_config(model_cls, args, name)
     model = model_cls(**args)
     model.model_name = name
@@ -124,7 +125,7 @@ def parse_kwargs(
     if isinstance(items, Mapping):
         return dict(items)
     if isinstance(items, str):
-        raise ValueError(  # noqa: TRY004  (bad config input: the CLIs report ValueError)
+        raise InputError(  # noqa: TRY004  (bad config input: the CLIs report ValueError)
             f"{key} must be a list of 'key=value' strings, got the string {items!r}"
         )
     kwargs: dict[str, Any] = {}
@@ -132,11 +133,11 @@ def parse_kwargs(
         name, sep, text = str(item).partition("=")
         name = name.strip()
         if not sep or not name.isidentifier():
-            raise ValueError(
+            raise InputError(
                 f"{key} item {item!r} is not of the form 'key=value' (e.g. 'se_reduction=8')"
             )
         if name in kwargs:
-            raise ValueError(f"{key} gives {name!r} twice")
+            raise InputError(f"{key} gives {name!r} twice")
         kwargs[name] = _literal(text.strip())
     return kwargs
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ._base import Backbone
+from .errors import InputError
 
 
 class FeatureInfo:
@@ -50,7 +51,7 @@ class FeatureListNet(nn.ModuleDict):
             out_indices = tuple(range(len(all_info)))
         bad = [i for i in out_indices if not -len(all_info) <= i < len(all_info)]
         if bad:
-            raise ValueError(
+            raise InputError(
                 f"out_indices {list(out_indices)} has {bad} out of range; this model has "
                 f"{len(all_info)} feature levels: "
                 + ", ".join(f"{i}={f['module']}" for i, f in enumerate(all_info))
@@ -65,7 +66,7 @@ class FeatureListNet(nn.ModuleDict):
             layers[name] = module
             remaining.discard(name)
         if remaining:
-            raise ValueError(f"feature modules {sorted(remaining)} are not top-level children")
+            raise InputError(f"feature modules {sorted(remaining)} are not top-level children")
         super().__init__(layers)
         self.return_layers = wanted
         self.feature_info = FeatureInfo(all_info, out_indices)

@@ -10,6 +10,7 @@ from typing import Callable, TypeVar
 from torch import nn
 
 from ._base import Backbone
+from .errors import InputError
 
 _entrypoints: dict[str, Callable[..., nn.Module]] = {}
 _model_classes: dict[str, type[Backbone]] = {}
@@ -27,7 +28,7 @@ def register_model(model_cls: type[Backbone]) -> Callable[[F], F]:
     def decorator(fn: F) -> F:
         name = fn.__name__
         if name in _entrypoints:
-            raise ValueError(f"model {name!r} is registered twice ({fn.__module__})")
+            raise InputError(f"model {name!r} is registered twice ({fn.__module__})")
         _entrypoints[name] = fn
         _model_classes[name] = model_cls
         module = sys.modules[fn.__module__]
@@ -51,7 +52,7 @@ def _check_name(name: str) -> None:
     if name not in _entrypoints:
         close = difflib.get_close_matches(name, _entrypoints, n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
+        raise InputError(
             f"unknown model {name!r}{hint} (see backbones.list_models() or `sebench models`)"
         )
 

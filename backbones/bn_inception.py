@@ -21,6 +21,7 @@ from torch import nn
 from ._base import Backbone, init_weights
 from ._builder import build_model
 from ._registry import register_model
+from .errors import InputError
 from .layers.conv import conv_bn_act
 from .layers.se import SEConfig, make_se
 
@@ -73,7 +74,7 @@ class InceptionModule(nn.Module):
     ) -> None:
         super().__init__()
         if spec.pool not in ("avg", "max"):
-            raise ValueError(f"pool={spec.pool!r} is not supported; expected 'avg' or 'max'")
+            raise InputError(f"pool={spec.pool!r} is not supported; expected 'avg' or 'max'")
         s = spec.stride
         self.branch1x1 = conv_bn_act(in_chs, spec.b1x1, 1) if spec.b1x1 else None
         self.branch3x3 = nn.Sequential(

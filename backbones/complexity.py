@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .errors import InputError
 from .layers.se import SEBlock
 
 
@@ -46,7 +47,7 @@ def model_complexity(
         ``{"params": int, "macs": int}``.
     """
     if len(input_size) != 3:
-        raise ValueError(f"input_size must be (C, H, W), got {tuple(input_size)}")
+        raise InputError(f"input_size must be (C, H, W), got {tuple(input_size)}")
     total = 0
 
     def add(count: int) -> None:

@@ -32,6 +32,7 @@ from torch import nn
 from ._base import Backbone, init_weights
 from ._builder import build_model
 from ._registry import register_model
+from .errors import InputError
 from .layers.conv import conv_bn_act
 from .layers.se import SEConfig, make_se
 
@@ -114,7 +115,7 @@ class InceptionResNetBlock(nn.Module):
             )
             mid_chs = 448
         else:
-            raise ValueError(f"kind={kind!r} is not supported; expected 'A', 'B' or 'C'")
+            raise InputError(f"kind={kind!r} is not supported; expected 'A', 'B' or 'C'")
         self.up = nn.Conv2d(mid_chs, chs, 1)
         self.se = make_se(se, chs, stage)
         self.scale = scale
@@ -158,7 +159,7 @@ def _make_stem(stem: str, in_chans: int) -> tuple[nn.Module, nn.Module, nn.Modul
             ),
         )
         return stem1, stem2, nn.Sequential(_pool(), mixed_5b), 320
-    raise ValueError(f"stem={stem!r} is not supported; expected one of {list(STEMS)}")
+    raise InputError(f"stem={stem!r} is not supported; expected one of {list(STEMS)}")
 
 
 def _reduction_a(chs: int, widths: Sequence[int]) -> Concat:
@@ -228,13 +229,13 @@ class InceptionResNetV2(Backbone):
     ) -> None:
         super().__init__()
         if len(layers) != 3 or any(not isinstance(d, int) or d < 1 for d in layers):
-            raise ValueError(f"layers must give 3 positive block counts (A, B, C), got {layers}")
+            raise InputError(f"layers must give 3 positive block counts (A, B, C), got {layers}")
         if len(residual_scales) != 3:
-            raise ValueError(f"residual_scales must give 3 scales (A, B, C), got {residual_scales}")
+            raise InputError(f"residual_scales must give 3 scales (A, B, C), got {residual_scales}")
         if len(reduction_a) != 4:
-            raise ValueError(f"reduction_a must give (k, l, m, n), got {reduction_a}")
+            raise InputError(f"reduction_a must give (k, l, m, n), got {reduction_a}")
         if head_chs < 0:
-            raise ValueError(f"head_chs must be >= 0 (0: no head conv), got {head_chs}")
+            raise InputError(f"head_chs must be >= 0 (0: no head conv), got {head_chs}")
         self.stem1, self.stem2, self.stem3, chs = _make_stem(stem, in_chans)
         self.add_feature(64, 2, "stem1")
         self.add_feature(192, 4, "stem2")

@@ -16,6 +16,7 @@ from torch import nn
 from ._base import Backbone, init_weights
 from ._builder import build_model
 from ._registry import register_model
+from .errors import InputError
 from .layers.conv import conv_bn_act
 from .layers.se import SEConfig, make_se
 
@@ -95,9 +96,9 @@ class MobileNetV1(Backbone):
     ) -> None:
         super().__init__()
         if not width_multiplier > 0:
-            raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}")
+            raise InputError(f"width_multiplier must be > 0, got {width_multiplier!r}")
         if len(stages) != 5 or any(len(units) == 0 for units in stages):
-            raise ValueError(f"stages must give 5 non-empty groups of units, got {stages}")
+            raise InputError(f"stages must give 5 non-empty groups of units, got {stages}")
 
         def scaled(width: int) -> int:
             # Round to nearest so the paper's alphas (0.75, 0.5, 0.25) give its exact widths.

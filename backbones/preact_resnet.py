@@ -17,6 +17,7 @@ from torch import nn
 from ._base import Backbone, init_weights
 from ._builder import build_model
 from ._registry import register_model
+from .errors import InputError
 from .layers.se import PLACEMENTS, ResidualSE, SEConfig
 
 __all__ = ["PreActResNet", "PreActBasicBlock", "PreActBottleneck"]
@@ -72,7 +73,7 @@ class PreActBasicBlock(ResidualSE, nn.Module):
     ) -> None:
         super().__init__()
         if se is not None and se.placement == "3x3":
-            raise ValueError(
+            raise InputError(
                 "se_placement='3x3' is not supported by the basic pre-activation block; expected "
                 "one of ['standard', 'pre', 'post', 'identity']"
             )
@@ -174,14 +175,14 @@ class PreActResNet(Backbone):
     ) -> None:
         super().__init__()
         if block not in BLOCKS:
-            raise ValueError(f"block={block!r} is not supported; expected one of {list(BLOCKS)}")
+            raise InputError(f"block={block!r} is not supported; expected one of {list(BLOCKS)}")
         if len(layers) != 3 or len(widths) != 3:
-            raise ValueError(
+            raise InputError(
                 f"layers and widths must give 3 stages each, got layers={tuple(layers)}, "
                 f"widths={tuple(widths)}"
             )
         if dropout > 0 and block != "basic":
-            raise ValueError(f"dropout={dropout} is only implemented for block='basic'")
+            raise InputError(f"dropout={dropout} is only implemented for block='basic'")
         self.stem = _conv3x3(in_chans, stem_width)
         self.add_feature(stem_width, 1, "stem")
         in_chs = stem_width

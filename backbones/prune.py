@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from .errors import InputError
 from .layers.se import SEBlock
 
 __all__ = ["IdentitySE", "SESite", "prune_se", "se_blocks", "se_sites", "select_se_blocks"]
@@ -208,14 +209,14 @@ def select_se_blocks(model: nn.Module, selectors: str | Iterable[str]) -> list[s
     """
     sites = se_sites(model)
     if not sites:
-        raise ValueError(f"{type(model).__name__} has no SE blocks (a plain model?)")
+        raise InputError(f"{type(model).__name__} has no SE blocks (a plain model?)")
     if isinstance(selectors, str):
         selectors = [selectors]
     chosen: set[str] = set()
     for selector in selectors:
         names = _match_selector(str(selector), sites)
         if not names:
-            raise ValueError(_unknown_selector_message(str(selector), sites))
+            raise InputError(_unknown_selector_message(str(selector), sites))
         chosen.update(names)
     return [s.name for s in sites if s.name in chosen]
 

@@ -18,6 +18,7 @@ from torch import nn
 from ._base import Backbone, init_weights
 from ._builder import build_model
 from ._registry import register_model
+from .errors import InputError
 from .layers.se import PLACEMENTS, ResidualSE, SEConfig
 
 __all__ = ["ResNet", "Bottleneck"]
@@ -95,7 +96,7 @@ def _make_stem(stem: str, in_chans: int) -> tuple[nn.Sequential, int]:
             layers += [(f"conv{i}", nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)),
                        (f"bn{i}", nn.BatchNorm2d(cout)), (f"act{i}", nn.ReLU(inplace=True))]
         return nn.Sequential(OrderedDict(layers)), 128
-    raise ValueError(f"stem={stem!r} is not supported; expected '7x7' or 'deep'")
+    raise InputError(f"stem={stem!r} is not supported; expected '7x7' or 'deep'")
 
 
 class ResNet(Backbone):
@@ -142,7 +143,7 @@ class ResNet(Backbone):
     ) -> None:
         super().__init__()
         if len(layers) != 4:
-            raise ValueError(f"layers must give 4 stage depths (conv2_x..conv5_x), got {layers}")
+            raise InputError(f"layers must give 4 stage depths (conv2_x..conv5_x), got {layers}")
         self.stem, in_chs = _make_stem(stem, in_chans)
         self.add_feature(in_chs, 2, "stem")
         self.pool = (nn.MaxPool2d(3, stride=2, ceil_mode=True) if stem_pool_ceil

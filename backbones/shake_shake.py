@@ -20,6 +20,7 @@ from torch import nn
 from ._base import Backbone, init_weights
 from ._builder import build_model
 from ._registry import register_model
+from .errors import InputError
 from .layers.se import SEConfig, make_se
 
 __all__ = ["ShakeShakeNet", "ShakeShakeBlock", "ShakeShortcut", "shake_shake"]
@@ -91,7 +92,7 @@ def _check_modes(forward_mode: str, backward_mode: str, level: str) -> None:
         ("shake_level", level, SHAKE_LEVELS),
     ):
         if value not in allowed:
-            raise ValueError(f"{key}={value!r} is not supported; expected one of {list(allowed)}")
+            raise InputError(f"{key}={value!r} is not supported; expected one of {list(allowed)}")
 
 
 class ShakeShortcut(nn.Module):
@@ -109,7 +110,7 @@ class ShakeShortcut(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
         super().__init__()
         if out_chs % 2:
-            raise ValueError(f"out_chs={out_chs} must be even for the two-path shortcut")
+            raise InputError(f"out_chs={out_chs} must be even for the two-path shortcut")
         # Not in place: the branches read the same input.
         self.act = nn.ReLU()
         self.pool = nn.AvgPool2d(1, stride=stride)
@@ -271,9 +272,9 @@ class ShakeShakeNet(Backbone):
     ) -> None:
         super().__init__()
         if block not in BLOCKS:
-            raise ValueError(f"block={block!r} is not supported; expected one of {list(BLOCKS)}")
+            raise InputError(f"block={block!r} is not supported; expected one of {list(BLOCKS)}")
         if len(layers) != 3 or len(widths) != 3:
-            raise ValueError(
+            raise InputError(
                 f"layers and widths must give 3 stages each, got layers={tuple(layers)}, "
                 f"widths={tuple(widths)}"
             )

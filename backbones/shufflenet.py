@@ -16,6 +16,7 @@ from torch import nn
 from ._base import Backbone, init_weights
 from ._builder import build_model
 from ._registry import register_model
+from .errors import InputError
 from .layers.se import SEConfig, make_se
 
 __all__ = ["ShuffleNetV1", "ShuffleUnit", "ChannelShuffle"]
@@ -70,16 +71,16 @@ class ShuffleUnit(nn.Module):
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
-            raise ValueError(f"stride={stride!r} is not supported; expected 1 or 2")
+            raise InputError(f"stride={stride!r} is not supported; expected 1 or 2")
         if stride == 1 and in_chs != out_chs:
-            raise ValueError(f"a stride-1 unit needs in_chs == out_chs, got {in_chs}, {out_chs}")
+            raise InputError(f"a stride-1 unit needs in_chs == out_chs, got {in_chs}, {out_chs}")
         # Bottleneck width is a quarter of the unit's output (ShuffleNet Sec. 3.3); the branch of
         # a stride-2 unit makes only the channels the pooled shortcut does not bring.
         mid_chs = out_chs // 4
         branch_chs = out_chs - in_chs if stride == 2 else out_chs
         first_groups = groups if first_groups is None else first_groups
         if mid_chs % groups or branch_chs % groups or in_chs % first_groups:
-            raise ValueError(
+            raise InputError(
                 f"ShuffleUnit({in_chs} -> {out_chs}, stride {stride}): bottleneck {mid_chs} and "
                 f"branch {branch_chs} channels must be divisible by groups={groups}"
             )
@@ -140,11 +141,11 @@ class ShuffleNetV1(Backbone):
     ) -> None:
         super().__init__()
         if groups not in STAGE_WIDTHS:
-            raise ValueError(
+            raise InputError(
                 f"groups={groups!r} is not supported; expected one of {list(STAGE_WIDTHS)}"
             )
         if len(layers) != 3 or any(depth < 1 for depth in layers):
-            raise ValueError(f"layers must give 3 positive depths (stages 2..4), got {layers}")
+            raise InputError(f"layers must give 3 positive depths (stages 2..4), got {layers}")
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, stem_width, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(stem_width),

@@ -17,6 +17,7 @@ from torch import nn
 from ._base import Backbone, init_weights
 from ._builder import build_model
 from ._registry import register_model
+from .errors import InputError
 from .layers.conv import conv_bn_act
 from .layers.se import SEConfig, make_se
 
@@ -69,7 +70,7 @@ class VGG(Backbone):
     ) -> None:
         super().__init__()
         if len(widths) != 5 or any(len(block) == 0 for block in widths):
-            raise ValueError(f"widths must give 5 non-empty conv blocks, got {widths}")
+            raise InputError(f"widths must give 5 non-empty conv blocks, got {widths}")
         in_chs = in_chans
         for i, block in enumerate(widths):
             units = []

@@ -12,6 +12,7 @@ from typing import Any
 
 from ._builder import build_model
 from ._registry import register_model
+from .errors import InputError
 from .layers.se import SEConfig
 from .preact_resnet import PreActResNet
 
@@ -48,9 +49,9 @@ class WideResNet(PreActResNet):
         se: SEConfig | None = None,
     ) -> None:
         if depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(f"depth={depth} is not a WRN depth; expected 6n + 4 with n >= 1")
+            raise InputError(f"depth={depth} is not a WRN depth; expected 6n + 4 with n >= 1")
         if widen_factor < 1:
-            raise ValueError(f"widen_factor={widen_factor} must be a positive int")
+            raise InputError(f"widen_factor={widen_factor} must be a positive int")
         n = (depth - 4) // 6
         super().__init__(
             (n, n, n),

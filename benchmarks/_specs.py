@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import backbones
+from backbones.errors import InputError
 from backbones.weights.timm import TIMM_EQUIVALENTS
 
 # timm name -> our registry name computing the same function (given the right conventions).
@@ -89,13 +90,13 @@ def _parse_kwargs(inner: str, text: str) -> tuple[tuple[str, Any], ...]:
     except SyntaxError:
         call = None
     if not isinstance(call, ast.Call) or call.args or any(k.arg is None for k in call.keywords):
-        raise ValueError(f"bad keywords in model spec {text!r}; expected NAME[key=value,...]")
+        raise InputError(f"bad keywords in model spec {text!r}; expected NAME[key=value,...]")
     pairs = []
     for keyword in call.keywords:
         try:
             pairs.append((keyword.arg, ast.literal_eval(keyword.value)))
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"value of {keyword.arg!r} in model spec {text!r} is not a Python literal "
                 f"(expected e.g. True, 3, 0.5, 'avg', [3, 5])"
             ) from None
@@ -117,7 +118,7 @@ def parse_spec(text: str) -> ModelSpec:
     """
     match = _SPEC.match(text.strip())
     if match is None:
-        raise ValueError(
+        raise InputError(
             f"bad model spec {text!r}; expected NAME, timm:NAME or NAME[key=value,...]")
     kwargs = _parse_kwargs(match["kwargs"], text) if match["kwargs"] else ()
     # Sorted keywords: one label per model however its keywords were ordered.
@@ -129,7 +130,7 @@ def _import_timm():
     try:
         import timm
     except ImportError:
-        raise ValueError("timm: models need timm installed (pip install timm)") from None
+        raise InputError("timm: models need timm installed (pip install timm)") from None
     return timm
 
 
@@ -139,14 +140,14 @@ def check_spec(spec: ModelSpec) -> None:
         accepted = backbones.accepted_kwargs(backbones.model_class(spec.name))  # names close ones
         unknown = [key for key, _ in spec.kwargs if key not in accepted]
         if unknown:
-            raise ValueError(f"{spec.label}: {spec.name} does not accept {unknown}; "
+            raise InputError(f"{spec.label}: {spec.name} does not accept {unknown}; "
                              f"accepted keywords: {', '.join(accepted)}")
         return
     timm = _import_timm()
     if not timm.is_model(spec.name):
         close = difflib.get_close_matches(spec.name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
-        raise ValueError(f"unknown timm model {spec.name!r}{hint} (see timm.list_models())")
+        raise InputError(f"unknown timm model {spec.name!r}{hint} (see timm.list_models())")
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -157,7 +158,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
     try:
         return _import_timm().create_model(spec.name, pretrained=False, **kwargs)
     except TypeError as err:
-        raise ValueError(f"timm:{spec.name} does not accept {sorted(kwargs)}: {err}") from None
+        raise InputError(f"timm:{spec.name} does not accept {sorted(kwargs)}: {err}") from None
 
 
 def native_input_size(spec: ModelSpec, model: nn.Module) -> tuple[int, int, int]:

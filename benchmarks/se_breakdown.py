@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 import backbones
+from backbones.errors import InputError
 from backbones.layers.se import ResidualSE, SEBlock
 from benchmarks._env import environment, save_result
 from benchmarks.throughput import _device, _rotated, make_step, time_calls
@@ -41,7 +42,7 @@ def standard_se_blocks(model: nn.Module) -> list[ResidualSE]:
     """The residual blocks of ``model`` with an SE block at the standard site."""
     blocks = [m for m in model.modules() if isinstance(m, ResidualSE) and m.se_site == "standard"]
     if not blocks:
-        raise ValueError(
+        raise InputError(
             f"{type(model).__name__} has no residual block with SE at the standard site; this "
             "benchmark takes an SE ResNet, ResNeXt, SENet-154 or pre-activation ResNet"
         )

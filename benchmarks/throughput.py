@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbones.errors import InputError
 from backbones.weights.resnet import check_timm_conventions
 from benchmarks._env import environment, save_result
 from benchmarks._goals import evaluate_goals, to_markdown
@@ -86,13 +87,13 @@ def check_autocast(device: torch.device, precision: str) -> None:
             with _autocast(device, dtype):
                 out = conv(torch.randn(1, 3, 8, 8, device=device))
     except RuntimeError as err:
-        raise ValueError(
+        raise InputError(
             f"--precision {precision} is not supported by torch {torch.__version__}'s autocast on "
             f"{device.type} ({str(err).splitlines()[0]}); use --precision fp32 or bf16"
         ) from None
     if out.dtype != dtype:
         said = "; ".join(str(w.message) for w in caught)
-        raise ValueError(
+        raise InputError(
             f"--precision {precision}: torch {torch.__version__}'s autocast on {device.type} "
             f"does not cast to {dtype} ({said or 'no cast happened'}); use --precision fp32 or bf16"
         )
@@ -209,7 +210,7 @@ def prepare(spec: ModelSpec, args: argparse.Namespace, device: torch.device) -> 
     model = model.to(device, memory_format=fmt).train(args.mode == "train")
     num_classes = getattr(model, "num_classes", 0)
     if not num_classes:
-        raise ValueError(f"{spec.label} has no classifier (num_classes=0); nothing to train on")
+        raise InputError(f"{spec.label} has no classifier (num_classes=0); nothing to train on")
     x = torch.randn(args.batch_size, *input_size, device=device).to(memory_format=fmt)
     y = torch.randint(0, num_classes, (args.batch_size,), device=device)
     runnable = torch.compile(model) if args.compile else model
@@ -353,14 +354,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def model_groups(args: argparse.Namespace) -> list[list[ModelSpec]]:
     """The groups to run, each a list of checked specs."""
     if args.suite and args.models:
-        raise ValueError("give --models or --suite, not both")
+        raise InputError("give --models or --suite, not both")
     if args.group and not args.suite:
-        raise ValueError("--group selects groups of a --suite; give --suite too")
+        raise InputError("--group selects groups of a --suite; give --suite too")
     if args.suite:
         suite = SUITES[args.suite]
         unknown = [g for g in args.group or [] if g not in suite]
         if unknown:
-            raise ValueError(f"unknown group(s) {unknown} of suite {args.suite!r}; "
+            raise InputError(f"unknown group(s) {unknown} of suite {args.suite!r}; "
                              f"expected some of {list(suite)}")
         texts = [suite[g] for g in (args.group or suite)]
     else:
@@ -370,7 +371,7 @@ def model_groups(args: argparse.Namespace) -> list[list[ModelSpec]]:
         labels = [s.label for s in group]
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
         if duplicates:
-            raise ValueError(f"model(s) given twice: {duplicates}")
+            raise InputError(f"model(s) given twice: {duplicates}")
         for spec in group:
             check_spec(spec)
     return groups
@@ -380,22 +381,22 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for key in ("batch_size", "repeats", "steps"):
         if getattr(args, key) < 1:
             flag = "--" + key.replace("_", "-")
-            raise ValueError(f"{flag} must be at least 1, got {getattr(args, key)}")
+            raise InputError(f"{flag} must be at least 1, got {getattr(args, key)}")
     if args.warmup < 0:
-        raise ValueError(f"--warmup must be 0 or more, got {args.warmup}")
+        raise InputError(f"--warmup must be 0 or more, got {args.warmup}")
     if args.peak_size is not None and args.peak_size < 1:
-        raise ValueError(f"--peak-size must be at least 1, got {args.peak_size}")
+        raise InputError(f"--peak-size must be at least 1, got {args.peak_size}")
 
 
 def _device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"bad --device {name!r}; expected cpu or cuda") from None
+        raise InputError(f"bad --device {name!r}; expected cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available here; use --device cpu")
+        raise InputError("--device cuda: CUDA is not available here; use --device cpu")
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"bad --device {name!r}; expected cpu or cuda")
+        raise InputError(f"bad --device {name!r}; expected cpu or cuda")
     return device
 
 

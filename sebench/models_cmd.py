@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import backbones
+from backbones.errors import InputError
 
 
 def _kwarg(text: str) -> tuple[str, Any]:
@@ -78,7 +79,7 @@ def _header() -> None:
 def run_models(args: argparse.Namespace) -> int:
     names = backbones.list_models(args.pattern)
     if not names:
-        raise ValueError(f"no model matches {args.pattern!r}")
+        raise InputError(f"no model matches {args.pattern!r}")
     if not args.json:
         _header()
     rows = []

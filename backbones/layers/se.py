@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
+
 SQUEEZES = ("avg", "max", "none")
 GATES = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
 PLACEMENTS = ("standard", "pre", "post", "identity", "3x3")
@@ -98,7 +100,7 @@ class SEConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.reduction, int) or isinstance(self.reduction, bool) or self.reduction < 1:
-            raise ValueError(f"se_reduction must be a positive int, got {self.reduction!r}")
+            raise InputError(f"se_reduction must be a positive int, got {self.reduction!r}")
         _check_choice("se_squeeze", self.squeeze, SQUEEZES)
         _check_choice("se_gate", self.gate, tuple(GATES))
         _check_choice("se_placement", self.placement, PLACEMENTS)
@@ -156,4 +158,4 @@ def make_se(se: SEConfig | None, channels: int, stage: int, placement: str = "st
 
 def _check_choice(key: str, value: object, allowed: Sequence[str]) -> None:
     if value not in allowed:
-        raise ValueError(f"{key}={value!r} is not supported; expected one of {list(allowed)}")
+        raise InputError(f"{key}={value!r} is not supported; expected one of {list(allowed)}")

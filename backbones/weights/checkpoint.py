@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 __all__ = ["RegistryCheckpoint", "check_state_dict", "read_checkpoint", "state_dict_mismatches"]
 
 _PREFIX = "model."
@@ -46,16 +48,16 @@ class RegistryCheckpoint:
 
 def _load(path: Path) -> Any:
     if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
+        raise InputError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
+        raise InputError(
             f"{path} holds objects other than tensors and plain containers, which are not loaded "
             f"(torch.load weights_only=True): {str(err).splitlines()[0]}"
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a PyTorch checkpoint: {err}") from err
+        raise InputError(f"{path} is not a PyTorch checkpoint: {err}") from err
 
 
 def _is_state_dict(value: Any) -> bool:
@@ -92,17 +94,17 @@ def read_checkpoint(
         hparams = content["hyper_parameters"]
         saved_name = hparams.get("model_name")
         if saved_name is None:
-            raise ValueError(
+            raise InputError(
                 f"{path}: a Lightning checkpoint without hyper_parameters.model_name; expected "
                 "one written by a classification run (sebench fit)"
             )
         saved_kwargs = dict(hparams.get("model_kwargs") or {})
         if model_name is not None and model_name != saved_name:
-            raise ValueError(
+            raise InputError(
                 f"{path} holds a {saved_name}, not a {model_name}; drop the model name"
             )
         if given_kwargs and given_kwargs != saved_kwargs:
-            raise ValueError(
+            raise InputError(
                 f"{path} was built with model_kwargs {saved_kwargs}, not {given_kwargs}; drop "
                 "the model keywords"
             )
@@ -123,7 +125,7 @@ def read_checkpoint(
             content = content[wrapper]
             break
     if not _is_state_dict(content):
-        raise ValueError(
+        raise InputError(
             f"{path}: neither a Lightning checkpoint of a classification run (state_dict + "
             "hyper_parameters) nor a state dict of tensors (plain, or under 'state_dict' or "
             "'model')"
@@ -181,4 +183,4 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], w
     if problems:
         shown = "\n  ".join(problems[:8])
         more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
-        raise ValueError(f"{what} ({len(problems)} problems):\n  {shown}{more}")
+        raise InputError(f"{what} ({len(problems)} problems):\n  {shown}{more}")

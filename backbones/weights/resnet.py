@@ -12,6 +12,8 @@ import re
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 # (pattern, replacement), applied in order to every key.
 _RENAMES = [
     (r"^layer0\.", "stem."),  # legacy stem
@@ -63,13 +65,13 @@ def check_timm_conventions(model: nn.Module, timm_model: nn.Module) -> None:
     ours, theirs = model.layer2[0], timm_model.layer2[0]
     if ours.conv1.stride != theirs.conv1.stride:
         in_1x1 = theirs.conv1.stride != (1, 1)
-        raise ValueError(
+        raise InputError(
             f"timm's {type(timm_model).__name__} puts the bottleneck stride on the "
             f"{'1x1' if in_1x1 else '3x3'} conv; build ours with stride_in_1x1={in_1x1}"
         )
     timm_pool = getattr(timm_model, "pool0", None) or getattr(timm_model, "maxpool", None)
     if isinstance(timm_pool, nn.MaxPool2d) and timm_pool.ceil_mode != model.pool.ceil_mode:
-        raise ValueError(
+        raise InputError(
             f"timm's stem max-pool has ceil_mode={timm_pool.ceil_mode}; build ours with "
             f"stem_pool_ceil={timm_pool.ceil_mode}"
         )

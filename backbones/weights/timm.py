@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .._builder import create_model
+from ..errors import InputError
 from ..resnet import ResNet
 from . import resnet as resnet_map
 from .checkpoint import state_dict_mismatches
@@ -20,7 +21,7 @@ def _family_map(model: nn.Module):
     children = dict(model.named_children())
     if isinstance(model, ResNet) or {"stem", "layer1"} <= children.keys():
         return resnet_map
-    raise ValueError(
+    raise InputError(
         f"no timm weight map for {type(model).__name__}; supported: ResNet, ResNeXt, SENet-154 "
         f"(timm models {sorted(TIMM_EQUIVALENTS)})"
     )
@@ -58,7 +59,7 @@ def load_timm_weights(
     if problems:
         shown = "\n  ".join(problems[:8])
         more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
-        raise ValueError(
+        raise InputError(
             f"timm weights do not fit {getattr(model, 'model_name', type(model).__name__)} "
             f"({len(problems)} problems):\n  {shown}{more}"
         )
@@ -69,7 +70,7 @@ def load_timm_weights(
 def create_from_timm(timm_name: str, source: nn.Module | dict[str, torch.Tensor], **kwargs: Any) -> nn.Module:
     """Build our equivalent of timm model ``timm_name`` and load ``source`` into it."""
     if timm_name not in TIMM_EQUIVALENTS:
-        raise ValueError(f"no equivalent for timm model {timm_name!r}; known: {sorted(TIMM_EQUIVALENTS)}")
+        raise InputError(f"no equivalent for timm model {timm_name!r}; known: {sorted(TIMM_EQUIVALENTS)}")
     name, conventions = TIMM_EQUIVALENTS[timm_name]
     model = create_model(name, **{**conventions, **kwargs})
     return load_timm_weights(model, source, exclude_classifier="num_classes" in kwargs)

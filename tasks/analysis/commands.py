@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 import backbones
+from backbones.errors import InputError
 from backbones.prune import se_blocks, se_sites, select_se_blocks
 
 from . import excitations as ex
@@ -48,7 +49,7 @@ def _load(args: argparse.Namespace) -> tuple[LoadedModel, lightning.LightningDat
     )
     data_classes = _data_classes(data)
     if data_classes is not None and data_classes != loaded.num_classes:
-        raise ValueError(
+        raise InputError(
             f"the model has {loaded.num_classes} classes, the data {data_classes} "
             f"({type(data).__name__}): a checkpoint of another dataset?"
         )
@@ -59,7 +60,7 @@ def _data_classes(data: lightning.LightningDataModule) -> int | None:
     try:
         value = getattr(data, "num_classes", None)  # ImageFolder's reads the class folders
     except FileNotFoundError as err:
-        raise ValueError(str(err)) from err
+        raise InputError(str(err)) from err
     return int(value) if value is not None else None
 
 
@@ -87,7 +88,7 @@ def _meta(loaded: LoadedModel, data: lightning.LightningDataModule) -> dict[str,
 def run_excitations(args: argparse.Namespace) -> int:
     """``sebench excitations``: see the module docstring. Returns 0."""
     if not 0 < args.saturation_eps < 0.5:
-        raise ValueError(f"--saturation-eps must be in (0, 0.5), got {args.saturation_eps}")
+        raise InputError(f"--saturation-eps must be in (0, 0.5), got {args.saturation_eps}")
     device = resolve_device(args.device)
     loaded, data, dataset = _load(args)
     model = loaded.model
@@ -100,7 +101,7 @@ def run_excitations(args: argparse.Namespace) -> int:
     )
     empty = [names[k] for k in classes if not (targets == k).any()]
     if empty:
-        raise ValueError(f"no validation images of class(es) {empty}")
+        raise InputError(f"no validation images of class(es) {empty}")
     blocks = {name: module for name, module in se_blocks(model).items() if name in chosen_blocks}
     loader = make_loader(dataset, indices, device=device, **_loader_options(args, data))
     stats = ex.collect_excitations(

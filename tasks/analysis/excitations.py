@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from backbones.errors import InputError
+
 from .loading import progress
 
 __all__ = [
@@ -66,7 +68,7 @@ class ExcitationRecorder:
     def __init__(self, blocks: Mapping[str, nn.Module]) -> None:
         missing = [name for name, block in blocks.items() if not hasattr(block, "gate")]
         if missing:
-            raise ValueError(f"SE blocks {missing} have no 'gate' module to hook")
+            raise InputError(f"SE blocks {missing} have no 'gate' module to hook")
         self.blocks = dict(blocks)
         self._batch: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []

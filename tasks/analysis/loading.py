@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import backbones
+from backbones.errors import InputError
 from backbones.prune import prune_se, se_sites
 from backbones.weights.checkpoint import read_checkpoint
 
@@ -111,7 +112,7 @@ def load_classifier(
     path = Path(checkpoint)
     read = read_checkpoint(path, model_name=model_name, model_kwargs=model_kwargs)
     if read.model_name is None:
-        raise ValueError(
+        raise InputError(
             f"{path} is a plain state_dict: pass --model NAME (and --model-kwargs if it was "
             "built with any)"
         )
@@ -120,7 +121,7 @@ def load_classifier(
     )
     classes = next((n for n in (num_classes, ckpt_classes, fallback_num_classes) if n), None)
     if classes is None:
-        raise ValueError(f"{path}: cannot tell the number of classes; pass --num-classes")
+        raise InputError(f"{path}: cannot tell the number of classes; pass --num-classes")
     model = backbones.create_model(name, num_classes=classes, **kwargs)
     missing = set(model.state_dict()) - set(state)
     pruned = _absent_se_blocks(model, missing) if missing else []
@@ -129,7 +130,7 @@ def load_classifier(
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(
+        raise InputError(
             f"{path}: the weights do not fit {name} (num_classes={classes}, "
             f"model_kwargs={kwargs}): {err}"
         ) from err
@@ -139,14 +140,14 @@ def load_classifier(
 
 def _data_section(config_file: Path) -> dict[str, Any]:
     if not config_file.is_file():
-        raise ValueError(f"data config {config_file} does not exist")
+        raise InputError(f"data config {config_file} does not exist")
     try:
         config = yaml.safe_load(config_file.read_text())
     except yaml.YAMLError as err:
-        raise ValueError(f"{config_file} is not valid YAML: {err}") from err
+        raise InputError(f"{config_file} is not valid YAML: {err}") from err
     section = config.get("data", config) if isinstance(config, dict) else None
     if not isinstance(section, dict) or "class_path" not in section:
-        raise ValueError(
+        raise InputError(
             f"{config_file}: expected a 'data:' section with class_path and init_args (as in "
             "configs/cifar10/*.yaml or a run's config.yaml), or that section alone"
         )
@@ -161,13 +162,13 @@ def _data_class(class_path: str) -> type[lightning.LightningDataModule]:
     except (ImportError, AttributeError) as err:
         import tasks.classification as known
 
-        raise ValueError(
+        raise InputError(
             f"data class_path {class_path!r} cannot be imported ({err}); the project's data "
             f"modules: {', '.join('tasks.classification.' + n for n in known.__all__ if 'Data' in n)}"
         ) from err
     if not (isinstance(cls, type) and issubclass(cls, lightning.LightningDataModule)):
         # A ValueError, not a TypeError: bad user input, which the CLI reports in one line.
-        raise ValueError(f"data class_path {class_path!r} is not a LightningDataModule")  # noqa: TRY004
+        raise InputError(f"data class_path {class_path!r} is not a LightningDataModule")  # noqa: TRY004
     return cls
 
 
@@ -193,7 +194,7 @@ def build_data_module(
         ValueError: neither or both sources given, a bad config, or an unknown argument.
     """
     if (data_config is None) == (dataset is None):
-        raise ValueError("give the data either as --data-config FILE.yaml or as --dataset NAME")
+        raise InputError("give the data either as --data-config FILE.yaml or as --dataset NAME")
     if data_config is not None:
         section = _data_section(Path(data_config))
         cls = _data_class(str(section["class_path"]))
@@ -216,14 +217,14 @@ def build_data_module(
     if unknown:
         close = difflib.get_close_matches(unknown[0], sorted(accepted), n=2)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
+        raise InputError(
             f"{cls.__name__} has no argument(s) {unknown}.{hint} Its arguments: "
             f"{', '.join(sorted(accepted))}"
         )
     try:
         return cls(**init_args)
     except TypeError as err:
-        raise ValueError(f"{cls.__name__}({init_args}): {err}") from err
+        raise InputError(f"{cls.__name__}({init_args}): {err}") from err
 
 
 def eval_dataset(data: lightning.LightningDataModule) -> Dataset:
@@ -237,10 +238,10 @@ def eval_dataset(data: lightning.LightningDataModule) -> Dataset:
         data.setup("validate")
         loader = data.val_dataloader()
     except FileNotFoundError as err:
-        raise ValueError(str(err)) from err
+        raise InputError(str(err)) from err
     dataset = getattr(loader, "dataset", None)
     if dataset is None:
-        raise ValueError(f"{type(data).__name__}.val_dataloader() has no dataset to sample from")
+        raise InputError(f"{type(data).__name__}.val_dataloader() has no dataset to sample from")
     return dataset
 
 
@@ -298,7 +299,7 @@ def resolve_classes(requested: Sequence[str], names: Sequence[str]) -> list[int]
             close = difflib.get_close_matches(key.lower(), list(lookup), n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             shown = ", ".join(names[:100]) + (f", ... ({len(names)} in all)" if len(names) > 100 else "")
-            raise ValueError(
+            raise InputError(
                 f"unknown class {key!r}.{hint} Give names or indices 0..{len(names) - 1}; the "
                 f"classes: {shown}"
             )
@@ -328,11 +329,11 @@ def resolve_device(name: str | None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"--device {name!r}: {err}") from err
+        raise InputError(f"--device {name!r}: {err}") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
+        raise InputError(f"--device {name}: CUDA is not available here; use --device cpu")
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+        raise InputError(f"--device {name!r}: expected cpu, cuda or cuda:N")
     return device
 
 

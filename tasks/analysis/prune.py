@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from backbones.errors import InputError
 from backbones.prune import prune_se, select_se_blocks
 
 from .loading import progress
@@ -49,7 +50,7 @@ def evaluate(
         correct5 += int(hits.any(1).sum())
         images += len(labels)
     if images == 0:
-        raise ValueError("the validation data is empty: nothing to evaluate")
+        raise InputError("the validation data is empty: nothing to evaluate")
     return {
         "top1_err": 100.0 * (1 - correct1 / images),
         "top5_err": 100.0 * (1 - correct5 / images),

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 import backbones
+from backbones.errors import InputError
 
 from .._lightning import NonFiniteLossError, stop_if_not_finite
 
@@ -147,7 +148,7 @@ class ClassificationModule(lightning.LightningModule):
         model_kwargs = dict(model_kwargs or {})
         milestones = [float(m) for m in milestones]
         if "num_classes" in model_kwargs:
-            raise ValueError(
+            raise InputError(
                 "model_kwargs must not contain 'num_classes': it comes from the num_classes "
                 "argument (linked from the data module by the CLI)"
             )
@@ -250,7 +251,7 @@ class ClassificationModule(lightning.LightningModule):
         )
         total_steps = self.trainer.estimated_stepping_batches
         if hp.schedule != "constant" and not math.isfinite(total_steps):
-            raise ValueError(
+            raise InputError(
                 f"schedule={hp.schedule!r} needs the run's length, but the trainer cannot "
                 "estimate it; set --trainer.max_epochs or --trainer.max_steps"
             )
@@ -304,20 +305,20 @@ def _check_schedule(
     warmup_steps: int,
 ) -> None:
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r} is not supported; expected one of {SCHEDULES}")
+        raise InputError(f"schedule={schedule!r} is not supported; expected one of {SCHEDULES}")
     if warmup not in WARMUPS:
-        raise ValueError(f"warmup={warmup!r} is not supported; expected one of {WARMUPS}")
+        raise InputError(f"warmup={warmup!r} is not supported; expected one of {WARMUPS}")
     if warmup_steps < 0:
-        raise ValueError(f"warmup_steps={warmup_steps} must be >= 0")
+        raise InputError(f"warmup_steps={warmup_steps} must be >= 0")
     if schedule == "multistep" and (
         list(milestones) != sorted(milestones) or any(not 0 < m <= 1 for m in milestones)
     ):
-        raise ValueError(
+        raise InputError(
             f"milestones={list(milestones)} must be increasing fractions of the run in (0, 1], "
             "e.g. [0.5, 0.75] for 32k and 48k of 64k iterations"
         )
     if schedule == "step" and (step_every is None or not 0 < step_every <= 1):
-        raise ValueError(
+        raise InputError(
             f"schedule='step' needs step_every, a fraction of the run in (0, 1] "
             f"(e.g. 0.3: every 30 of 100 epochs); got step_every={step_every}"
         )

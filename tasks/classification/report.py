@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import backbones
+from backbones.errors import InputError
 
 RESULTS = "results.json"
 METRICS = "metrics.csv"
@@ -83,7 +84,7 @@ def find_newest(run_dir: str | Path, name: str) -> list[Path]:
     """
     root = Path(run_dir)
     if not root.is_dir():
-        raise ValueError(f"run directory {root} does not exist")
+        raise InputError(f"run directory {root} does not exist")
     found = [p for p in root.rglob(name) if p.is_file()]
     return sorted(found, key=lambda p: (p.stat().st_mtime, str(p)), reverse=True)
 
@@ -99,14 +100,14 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
     """
     files = find_newest(run_dir, RESULTS)
     if not files:
-        raise ValueError(f"{run_dir} has no {RESULTS} (in it or below it): has the run finished?")
+        raise InputError(f"{run_dir} has no {RESULTS} (in it or below it): has the run finished?")
     try:
         result = json.loads(files[0].read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{files[0]} is not valid JSON: {err}") from err
+        raise InputError(f"{files[0]} is not valid JSON: {err}") from err
     missing = [key for key in _REQUIRED_KEYS if key not in result]
     if missing:
-        raise ValueError(f"{files[0]} lacks the key(s) {missing}")
+        raise InputError(f"{files[0]} lacks the key(s) {missing}")
     return {**result, "results_file": str(files[0])}
 
 
@@ -273,7 +274,7 @@ def run_curves(run_dir: str | Path, metric: str = "top1_err") -> dict[str, list[
     """
     files = find_newest(run_dir, METRICS)
     if not files:
-        raise ValueError(f"{run_dir} has no {METRICS} (in it or below it): was a CSV logger used?")
+        raise InputError(f"{run_dir} has no {METRICS} (in it or below it): was a CSV logger used?")
     stitched: dict[str, list[tuple[int, float]]] = {"train": [], "val": []}
     earliest = math.inf
     for metrics_file in files:
@@ -287,7 +288,7 @@ def run_curves(run_dir: str | Path, metric: str = "top1_err") -> dict[str, list[
         if earliest <= 1:
             break
     if not stitched["train"] and not stitched["val"]:
-        raise ValueError(
+        raise InputError(
             f"no {METRICS} under {run_dir} has a train/{metric} or val/{metric} column with values"
         )
     return stitched
@@ -316,7 +317,7 @@ def plot_curves(
         The path written.
     """
     if metric not in METRIC_LABELS:
-        raise ValueError(f"metric must be one of {sorted(METRIC_LABELS)}, got {metric!r}")
+        raise InputError(f"metric must be one of {sorted(METRIC_LABELS)}, got {metric!r}")
     # A bare Figure on an Agg canvas: no pyplot, so no global backend state and no display.
     # Imported here: every `sebench` command builds this module's parser, only `plot` draws.
     import matplotlib

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backbones.errors import InputError, MissingFileError
+
 __all__ = ["COCOFormatError", "COCOSummary", "check_coco", "is_degenerate_box", "load_coco"]
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
 
 
-class COCOFormatError(ValueError):
+class COCOFormatError(InputError):
     """A COCO instances file or its image folder does not match the COCO format."""
 
 
@@ -68,7 +70,7 @@ def load_coco(json_file: str | Path) -> dict[str, Any]:
     """Parse a COCO instances file, checking only its top-level structure."""
     json_file = Path(json_file)
     if not json_file.is_file():
-        raise FileNotFoundError(f"COCO annotation file {json_file} does not exist")
+        raise MissingFileError(f"COCO annotation file {json_file} does not exist")
     try:
         document = json.loads(json_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -188,7 +190,7 @@ def check_coco(
     if document is None:
         document = load_coco(json_file)
     if not image_root.is_dir():
-        raise FileNotFoundError(f"image folder {image_root} (for {json_file}) does not exist")
+        raise MissingFileError(f"image folder {image_root} (for {json_file}) does not exist")
     categories = _check_categories(json_file, document["categories"])
     image_ids = _check_images(json_file, document["images"], image_root)
     degenerate: list[int] = []

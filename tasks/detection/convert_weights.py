@@ -29,6 +29,7 @@ import torch
 
 import backbones
 from backbones import format_kwargs, parse_kwargs
+from backbones.errors import InputError
 from backbones.resnet import ResNet
 from backbones.weights import TIMM_EQUIVALENTS, create_from_timm
 from backbones.weights.checkpoint import check_state_dict, read_checkpoint
@@ -119,7 +120,7 @@ def detectron2_state_dict(
         ValueError: an unknown layout or a key outside the trunk.
     """
     if meta_arch not in _LAYOUTS:
-        raise ValueError(
+        raise InputError(
             f"meta_arch={meta_arch!r} is not supported; expected one of {list(META_ARCHS)}"
         )
     layout = _LAYOUTS[meta_arch]
@@ -129,14 +130,14 @@ def detectron2_state_dict(
             continue  # FrozenBatchNorm2d (detectron2's default) has no such buffer
         stage, _, rest = key.partition(".")
         if stage not in layout:
-            raise ValueError(f"{key!r} is not a trunk weight (expected stem.* or layer1..4.*)")
+            raise InputError(f"{key!r} is not a trunk weight (expected stem.* or layer1..4.*)")
         out[f"{layout[stage]}.{rest}"] = value
     return out
 
 
 def _check_registry_name(name: str) -> None:
     if not backbones.is_model(name) or backbones.model_class(name) is not ResNet:
-        raise ValueError(
+        raise InputError(
             f"model {name!r} has no detectron2 trunk; supported (ResNet family): "
             f"{', '.join(resnet_family_models())}"
         )
@@ -158,7 +159,7 @@ def _timm_model(timm_name: str, timm_checkpoint: str | Path | None) -> torch.nn.
     import timm
 
     if timm_name not in TIMM_EQUIVALENTS:
-        raise ValueError(
+        raise InputError(
             f"no registry equivalent for timm model {timm_name!r}; "
             f"known: {', '.join(sorted(TIMM_EQUIVALENTS))}"
         )
@@ -168,7 +169,7 @@ def _timm_model(timm_name: str, timm_checkpoint: str | Path | None) -> torch.nn.
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            raise ValueError(
+            raise InputError(
                 f"{str(timm_checkpoint)!r} does not fit timm's {timm_name}: {err}"
             ) from err
     return model.eval()
@@ -214,27 +215,27 @@ def convert(
             missing, unexpected and mis-shaped keys).
     """
     if meta_arch not in META_ARCHS:
-        raise ValueError(
+        raise InputError(
             f"meta_arch={meta_arch!r} is not supported; expected one of {list(META_ARCHS)}"
         )
     if (checkpoint is None) == (timm_name is None):
-        raise ValueError("give exactly one source: a registry checkpoint or a timm model name")
+        raise InputError("give exactly one source: a registry checkpoint or a timm model name")
     if timm_checkpoint is not None and timm_name is None:
-        raise ValueError("a timm checkpoint needs the timm model name (--timm NAME)")
+        raise InputError("a timm checkpoint needs the timm model name (--timm NAME)")
     output = Path(output)
     if output.suffix == ".pkl":
-        raise ValueError(
+        raise InputError(
             f"{str(output)!r}: detectron2 reads .pkl files as Caffe2/Detectron weights; use .pth"
         )
     for key, values in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
         if values is not None and len(values) != 3:
-            raise ValueError(
+            raise InputError(
                 f"{key} needs 3 values (R, G, B on the 0-255 scale), got {list(values)}"
             )
 
     if timm_name is not None:
         if model_name is not None or model_kwargs:
-            raise ValueError(
+            raise InputError(
                 "--model/--model-kwargs do not apply to timm weights (the timm name fixes them)"
             )
         timm_model = _timm_model(timm_name, timm_checkpoint)
@@ -248,7 +249,7 @@ def convert(
     else:
         read = read_checkpoint(checkpoint, model_name=model_name, model_kwargs=model_kwargs)
         if read.model_name is None:
-            raise ValueError(
+            raise InputError(
                 f"{checkpoint} is a plain state_dict, which does not name its architecture; "
                 "pass the registry name (--model NAME, and --model-kwargs if it was built with any)"
             )
@@ -258,7 +259,7 @@ def convert(
         _check_registry_name(model_name)
         reserved = sorted(set(model_kwargs) & {"num_classes", "features_only", "out_indices"})
         if reserved:
-            raise ValueError(f"model keywords {reserved} do not apply to a detection trunk")
+            raise InputError(f"model keywords {reserved} do not apply to a detection trunk")
         model = backbones.create_model(model_name, num_classes=0, **model_kwargs)
         check_state_dict(
             model,

@@ -27,6 +27,7 @@ from torchvision import tv_tensors
 from torchvision.datasets import CocoDetection, VisionDataset, wrap_dataset_for_transforms_v2
 from torchvision.transforms import v2
 
+from backbones.errors import InputError
 from tasks._lightning import stop_if_not_finite
 from tasks.classification.module import lr_factor
 
@@ -201,9 +202,9 @@ class COCODetectionDataModule(lightning.LightningDataModule):
             ("num_workers", num_workers, 0),
         ):
             if value < low:
-                raise ValueError(f"data.{key} must be at least {low}, got {value}")
+                raise InputError(f"data.{key} must be at least {low}, got {value}")
         if not 0.0 <= horizontal_flip <= 1.0:
-            raise ValueError(f"data.horizontal_flip must be a probability, got {horizontal_flip}")
+            raise InputError(f"data.horizontal_flip must be a probability, got {horizontal_flip}")
         self.save_hyperparameters()
         self.splits = {
             "train": (Path(train_json), Path(train_images)),
@@ -429,12 +430,12 @@ class DetectionModule(lightning.LightningModule):
         super().__init__()
         milestones = [float(m) for m in milestones]
         if milestones != sorted(milestones) or any(not 0 < m <= 1 for m in milestones):
-            raise ValueError(
+            raise InputError(
                 f"milestones={milestones} must be increasing fractions of the run in (0, 1], "
                 "e.g. [0.6667, 0.8889] for 120k and 160k of 180k iterations"
             )
         if warmup_steps < 0 or not 0 < warmup_factor <= 1:
-            raise ValueError(
+            raise InputError(
                 f"warmup_steps={warmup_steps} must be >= 0 and warmup_factor={warmup_factor} "
                 "in (0, 1]"
             )
@@ -504,7 +505,7 @@ class DetectionModule(lightning.LightningModule):
     def _category_ids(self) -> list[int]:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "coco_gt"):
-            raise ValueError(
+            raise InputError(
                 "DetectionModule evaluates against the data module's COCO ground truth: run it "
                 "with COCODetectionDataModule (trainer.fit/validate/test(model, datamodule=...))"
             )
@@ -554,7 +555,7 @@ class DetectionModule(lightning.LightningModule):
         )
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
-            raise ValueError(
+            raise InputError(
                 "the step schedule needs the run's length, but the trainer cannot estimate it; "
                 "set --trainer.max_steps or --trainer.max_epochs"
             )

@@ -26,6 +26,7 @@ from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScale
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 import backbones
+from backbones.errors import InputError
 from backbones.weights.checkpoint import check_state_dict, read_checkpoint
 
 __all__ = [
@@ -109,7 +110,7 @@ def _fpn_levels(feature_info: Any, model_name: str) -> list[int]:
         if reduction >= MIN_FPN_REDUCTION:
             last_of_stride[reduction] = index
     if len(last_of_stride) < 2:
-        raise ValueError(
+        raise InputError(
             f"{model_name} has feature strides {feature_info.reduction()}: an FPN needs at least "
             f"two feature maps of stride >= {MIN_FPN_REDUCTION} (an ImageNet-style trunk such as "
             "resnet50 or se_resnet50, not a CIFAR one)"
@@ -119,19 +120,19 @@ def _fpn_levels(feature_info: Any, model_name: str) -> list[int]:
 
 def _create_trunk(model_name: str, model_kwargs: dict[str, Any]) -> nn.Module:
     if model_name not in backbones.list_models():
-        raise ValueError(
+        raise InputError(
             f"unknown model {model_name!r}; expected a registry name (backbones.list_models(), "
             "e.g. 'se_resnet50')"
         )
     for key in ("features_only", "out_indices", "num_classes"):
         if key in model_kwargs:
-            raise ValueError(f"model_kwargs must not contain {key!r}: the detector sets it")
+            raise InputError(f"model_kwargs must not contain {key!r}: the detector sets it")
     try:
         trunk = backbones.create_model(model_name, features_only=True, **model_kwargs)
     except (AttributeError, NotImplementedError) as err:
-        raise ValueError(f"{model_name} does not support features_only ({err})") from err
+        raise InputError(f"{model_name} does not support features_only ({err})") from err
     if not hasattr(trunk, "feature_info"):
-        raise ValueError(f"{model_name} does not support features_only (no feature_info)")
+        raise InputError(f"{model_name} does not support features_only (no feature_info)")
     return trunk
 
 
@@ -170,7 +171,7 @@ class RegistryFPNBackbone(nn.Module):
     ) -> None:
         super().__init__()
         if norm not in NORMS:
-            raise ValueError(f"norm={norm!r} is not supported; expected one of {list(NORMS)}")
+            raise InputError(f"norm={norm!r} is not supported; expected one of {list(NORMS)}")
         trunk = _create_trunk(model_name, dict(model_kwargs or {}))
         if weights is not None:
             load_trunk_weights(trunk, weights)
@@ -235,7 +236,7 @@ def _frozen_children(
     if trainable_stages is None:
         return []
     if not 0 <= trainable_stages <= len(groups):
-        raise ValueError(
+        raise InputError(
             f"trainable_stages={trainable_stages} is out of range for {model_name}: it has "
             f"{len(groups)} feature levels {[g[-1] for g in groups]} (0..{len(groups)})"
         )
@@ -281,7 +282,7 @@ def build_faster_rcnn(
         mode ``model(images)`` returns boxes (x1, y1, x2, y2), labels and scores per image.
     """
     if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1 (object categories), got {num_classes}")
+        raise InputError(f"num_classes must be >= 1 (object categories), got {num_classes}")
     backbone = RegistryFPNBackbone(
         model_name,
         model_kwargs=model_kwargs,

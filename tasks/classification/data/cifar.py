@@ -41,6 +41,8 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_md5
 from torchvision.transforms import v2
 
+from backbones.errors import InputError, MissingFileError
+
 DATASETS = ("cifar10", "cifar100")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 # Per-channel mean and std of the 50k training images, pixel values scaled to [0, 1].
@@ -190,7 +192,7 @@ def shard_indices(order: Tensor, *, rank: int, world_size: int) -> Tensor:
         world_size: number of processes.
     """
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        raise InputError(f"rank must be in 0..{world_size - 1}, got {rank}")
     total = math.ceil(len(order) / world_size) * world_size
     if total > len(order):
         order = order.repeat(math.ceil(total / len(order)))[:total]
@@ -243,7 +245,7 @@ class GPUResidentLoader:
         memory_format: torch.memory_format | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
-            raise ValueError(
+            raise InputError(
                 f"images must be uint8 [N, H, W, C] with one label each, got {images.dtype} "
                 f"{tuple(images.shape)} and {len(labels)} labels"
             )
@@ -438,7 +440,7 @@ class CIFARDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
-            raise ValueError(f"data.dataset must be one of {DATASETS}, got {dataset!r}")
+            raise InputError(f"data.dataset must be one of {DATASETS}, got {dataset!r}")
         for key, value, low in (
             ("batch_size", batch_size, 1),
             ("num_workers", num_workers, 0),
@@ -446,7 +448,7 @@ class CIFARDataModule(L.LightningDataModule):
             ("cutout", cutout, 0),
         ):
             if value < low:
-                raise ValueError(f"data.{key} must be at least {low}, got {value}")
+                raise InputError(f"data.{key} must be at least {low}, got {value}")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -493,9 +495,9 @@ class CIFARDataModule(L.LightningDataModule):
                 reader(str(self.data_dir), train=False, download=True)
             except (OSError, RuntimeError) as err:  # URLError is an OSError
                 reason = f"the download failed: {err}"
-                raise FileNotFoundError(self._absent_message(reason, failed=True)) from err
+                raise MissingFileError(self._absent_message(reason, failed=True)) from err
         if missing := self._missing_files():
-            raise FileNotFoundError(self._absent_message(f"missing: {', '.join(missing)}"))
+            raise MissingFileError(self._absent_message(f"missing: {', '.join(missing)}"))
 
     def setup(self, stage: str | None = None) -> None:
         """Build the training set (for ``fit``) and the evaluation set, once each."""
@@ -530,7 +532,7 @@ class CIFARDataModule(L.LightningDataModule):
         try:
             dataset = _READERS[self._dataset](str(self.data_dir), train=train, transform=transform)
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
-            raise ValueError(self._unreadable_message(train, err)) from err
+            raise InputError(self._unreadable_message(train, err)) from err
         self._check_labels(dataset, train)
         return dataset
 
@@ -546,10 +548,10 @@ class CIFARDataModule(L.LightningDataModule):
         if self._files_checked:
             return
         if missing := self._missing_files():
-            raise FileNotFoundError(self._absent_message(f"missing: {', '.join(missing)}"))
+            raise MissingFileError(self._absent_message(f"missing: {', '.join(missing)}"))
         for name, md5 in self._files() if self.verify_md5 else []:
             if not check_md5(self.folder / name, md5):
-                raise ValueError(
+                raise InputError(
                     f"{self.folder / name}: md5 differs from the official archive's ({md5}); a "
                     "partial download or a modified copy. Delete the folder and download again "
                     "(--data.download true), or, for a copy made on purpose (e.g. a subset), pass "
@@ -560,7 +562,7 @@ class CIFARDataModule(L.LightningDataModule):
     def _check_labels(self, dataset: CIFAR10, train: bool) -> None:
         targets = np.asarray(dataset.targets)
         if len(targets) != len(dataset.data):
-            raise ValueError(
+            raise InputError(
                 f"{self.folder}: {len(dataset.data)} images but {len(targets)} labels in the "
                 f"{'training' if train else 'test'} files"
             )
@@ -574,12 +576,12 @@ class CIFARDataModule(L.LightningDataModule):
             labels = np.asarray(entry.get("labels", entry.get("fine_labels", [])))
             bad = labels[(labels < 0) | (labels >= self.num_classes)]
             if len(bad):
-                raise ValueError(
+                raise InputError(
                     f"{self.folder / name}: label {int(bad[0])} is outside "
                     f"0..{self.num_classes - 1} ({self._dataset} has {self.num_classes} classes;"
                     f" {len(bad)} bad labels)"
                 )
-        raise ValueError(f"{self.folder}: no images in the {'training' if train else 'test'} files")
+        raise InputError(f"{self.folder}: no images in the {'training' if train else 'test'} files")
 
     def _absent_message(self, reason: str, *, failed: bool = False) -> str:
         tv = _TORCHVISION[self._dataset]

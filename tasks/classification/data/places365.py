@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from backbones.errors import InputError, MissingFileError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PLACES365_NUM_CLASSES = 365
@@ -53,7 +55,7 @@ def train_transform(*, train_crop: str, crop_size: int, resize_size: int) -> v2.
     elif train_crop == "random":
         crop = [v2.Resize(resize_size, antialias=True), v2.RandomCrop(crop_size)]
     else:
-        raise ValueError(f"data.train_crop must be one of {TRAIN_CROPS}, got {train_crop!r}")
+        raise InputError(f"data.train_crop must be one of {TRAIN_CROPS}, got {train_crop!r}")
     return v2.Compose([*crop, v2.RandomHorizontalFlip(), *_to_normalised_tensor()])
 
 
@@ -78,7 +80,7 @@ def _to_normalised_tensor() -> list[Callable]:
 
 def _check_sizes(crop_size: int, resize_size: int) -> None:
     if not 0 < crop_size <= resize_size:
-        raise ValueError(
+        raise InputError(
             f"data.crop_size must be positive and at most data.resize_size, got crop_size="
             f"{crop_size}, resize_size={resize_size} (the paper: 224 crops of 256 images)"
         )
@@ -101,9 +103,9 @@ class ImageLoader:
             with open(path, "rb") as fh:
                 return Image.open(fh).convert("RGB")  # convert() decodes: truncation fails here
         except FileNotFoundError:
-            raise FileNotFoundError(f"image {path} ({self.source}) does not exist") from None
+            raise MissingFileError(f"image {path} ({self.source}) does not exist") from None
         except OSError as err:  # PIL.UnidentifiedImageError and truncated files are OSErrors
-            raise ValueError(f"cannot read image {path} ({self.source}): {err}") from err
+            raise InputError(f"cannot read image {path} ({self.source}): {err}") from err
 
 
 def places365_layout(
@@ -166,7 +168,7 @@ class _Places365(datasets.Places365):
             return True
         if download:
             return False  # torchvision then downloads the file lists
-        raise FileNotFoundError(f"{file} does not exist;\n{self.layout}")
+        raise MissingFileError(f"{file} does not exist;\n{self.layout}")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -192,12 +194,12 @@ def read_places365_categories(file: str | Path) -> list[str]:
         for line_no, line in enumerate(fh, 1):
             fields = line.split()
             if len(fields) != 2 or not fields[1].isdigit():
-                raise ValueError(
+                raise InputError(
                     f"{file}, line {line_no}: expected 'NAME INDEX', got {line.rstrip()!r}"
                 )
             names[int(fields[1])] = fields[0]
     if sorted(names) != list(range(len(names))) or not names:
-        raise ValueError(
+        raise InputError(
             f"{file}: class indices must be 0..N-1 with N > 0, got {sorted(names)[:10]}..."
         )
     return [names[i] for i in range(len(names))]
@@ -210,9 +212,11 @@ def _read_list(
     list_file = os.path.join(root, datasets.Places365._FILE_LIST_META[split][0])
     try:
         dataset = _Places365(root, split=split, small=small, transform=transform, layout=layout)
+    except InputError:
+        raise  # our own checks (a missing file list) already name the problem
     except (ValueError, AttributeError, TypeError) as err:
         # torchvision's parser fails on a blank line or a non-integer label without naming either
-        raise ValueError(f"{list_file}: {_first_malformed_line(list_file)} ({err})") from err
+        raise InputError(f"{list_file}: {_first_malformed_line(list_file)} ({err})") from err
     _check_labels(dataset.labels, num_classes=num_classes, list_file=list_file)
     dataset.labels = np.asarray(dataset.labels, dtype=np.int64)
     _check_sample(dataset, list_file=list_file, layout=layout)
@@ -232,9 +236,9 @@ def _first_malformed_line(list_file: str) -> str:
 def _check_labels(labels: Sequence[int | None], *, num_classes: int, list_file: str) -> None:
     for index, label in enumerate(labels):  # a Python loop: 8M labels take well under a second
         if label is None:
-            raise ValueError(f"{list_file}, line {index + 1}: no label (expected 'IMAGE LABEL')")
+            raise InputError(f"{list_file}, line {index + 1}: no label (expected 'IMAGE LABEL')")
         if not 0 <= label < num_classes:
-            raise ValueError(
+            raise InputError(
                 f"{list_file}, line {index + 1}: label {label} is outside 0..{num_classes - 1} "
                 f"(num_classes={num_classes} from categories_places365.txt)"
             )
@@ -250,14 +254,14 @@ def _check_sample(dataset: _Places365, *, list_file: str, layout: str) -> None:
         if dataset.split.startswith("train") and os.path.isdir(extracted):
             name = os.path.basename(images_dir)
             hint = f" ({extracted} exists: torchvision names that folder {name})"
-        raise FileNotFoundError(f"image folder {images_dir} does not exist{hint};\n{layout}")
+        raise MissingFileError(f"image folder {images_dir} does not exist{hint};\n{layout}")
     count = len(dataset.files)
     for index in sorted(
         {round(i * (count - 1) / max(_SAMPLE_CHECKS - 1, 1)) for i in range(_SAMPLE_CHECKS)}
     ):
         path = os.path.join(images_dir, dataset.files[index].decode())
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{list_file}, line {index + 1}: image {path} does not exist")
+            raise MissingFileError(f"{list_file}, line {index + 1}: image {path} does not exist")
 
 
 class _CropDataModule(L.LightningDataModule):
@@ -274,7 +278,7 @@ class _CropDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if train_crop not in TRAIN_CROPS:
-            raise ValueError(f"data.train_crop must be one of {TRAIN_CROPS}, got {train_crop!r}")
+            raise InputError(f"data.train_crop must be one of {TRAIN_CROPS}, got {train_crop!r}")
         _check_sizes(crop_size, resize_size)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -351,7 +355,7 @@ class Places365DataModule(_CropDataModule):
             resize_size=resize_size,
         )
         if split not in PLACES365_TRAIN_SPLITS:
-            raise ValueError(f"data.split must be one of {PLACES365_TRAIN_SPLITS}, got {split!r}")
+            raise InputError(f"data.split must be one of {PLACES365_TRAIN_SPLITS}, got {split!r}")
         self.save_hyperparameters()
         self.data_dir = str(data_dir)
         self.split = split
@@ -385,7 +389,7 @@ class Places365DataModule(_CropDataModule):
             try:
                 _Places365(self.data_dir, split=split, small=self.small, download=True, layout="")
             except (OSError, RuntimeError) as err:  # URLError is an OSError; bad MD5 a RuntimeError
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"could not download Places365 ({split}) into {self.data_dir}: {err};\n"
                     f"{places365_layout(self.data_dir, self.split, self.small)}"
                 ) from err
@@ -393,7 +397,7 @@ class Places365DataModule(_CropDataModule):
     def setup(self, stage: str | None = None) -> None:
         layout = places365_layout(self.data_dir, self.split, self.small)
         if not os.path.isfile(self.categories_file):
-            raise FileNotFoundError(f"{self.categories_file} does not exist;\n{layout}")
+            raise MissingFileError(f"{self.categories_file} does not exist;\n{layout}")
         num_classes = self.num_classes
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = _read_list(
@@ -461,14 +465,14 @@ class ImageFolderDataModule(_CropDataModule):
     def _classes(self, part: str) -> list[str]:
         folder = os.path.join(self.data_dir, part)
         if not os.path.isdir(folder):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{folder} does not exist; expected layout (torchvision ImageFolder): "
                 f"{self.data_dir}/train/<class>/<image>.jpg and "
                 f"{self.data_dir}/val/<class>/<image>.jpg"
             )
         classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
         if not classes:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{folder} has no class folders; expected {folder}/<class>/<image>.jpg"
             )
         return classes
@@ -478,7 +482,7 @@ class ImageFolderDataModule(_CropDataModule):
         if train_classes != val_classes:
             only_train = sorted(set(train_classes) - set(val_classes))
             only_val = sorted(set(val_classes) - set(train_classes))
-            raise ValueError(
+            raise InputError(
                 f"class folders of {self.data_dir}/train and {self.data_dir}/val differ: only in "
                 f"train: {only_train[:10]}, only in val: {only_val[:10]}"
             )

@@ -16,6 +16,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
 
+from backbones.errors import InputError
 from backbones.resnet import ResNet
 
 from .config import create_trunk, sebench_model_args
@@ -43,7 +44,7 @@ def convert_norm(module: nn.Module, norm: str) -> nn.Module:
         ValueError: an unsupported ``norm``.
     """
     if norm not in SUPPORTED_NORMS:
-        raise ValueError(
+        raise InputError(
             f"MODEL.RESNETS.NORM={norm!r} is not supported by the registry trunks (built with "
             f"BatchNorm); expected one of {list(SUPPORTED_NORMS)}"
         )
@@ -108,7 +109,7 @@ class SEBenchTrunk(Backbone):
         out_features = list(out_features)
         bad = [f for f in out_features if f not in STAGES]
         if bad or not out_features:
-            raise ValueError(
+            raise InputError(
                 f"unknown trunk feature(s) {bad or out_features}; expected names among "
                 f"{list(STAGES)}"
             )
@@ -171,7 +172,7 @@ def build_sebench_c4_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> SEBenchTr
     _check_input_channels(cfg, input_shape)
     out_features = list(cfg.MODEL.RESNETS.OUT_FEATURES)
     if "res5" in out_features:
-        raise ValueError(
+        raise InputError(
             "MODEL.RESNETS.OUT_FEATURES must not include 'res5' with build_sebench_c4_backbone: "
             "the C4 trunk ends at res4 and res5 runs per region in SEBenchRes5ROIHeads "
             "(use build_sebench_fpn_backbone for res5 features)"
@@ -192,7 +193,7 @@ def build_sebench_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
     bottom_up_features = list(cfg.MODEL.RESNETS.OUT_FEATURES)
     missing = [f for f in in_features if f not in bottom_up_features]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"MODEL.FPN.IN_FEATURES {in_features} asks for {missing}, which "
             f"MODEL.RESNETS.OUT_FEATURES {bottom_up_features} does not produce"
         )
@@ -209,7 +210,7 @@ def build_sebench_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
 def _check_input_channels(cfg: CfgNode, input_shape: ShapeSpec) -> None:
     in_chans = sebench_model_args(cfg)[1].get("in_chans", 3)
     if input_shape.channels is not None and input_shape.channels != in_chans:
-        raise ValueError(
+        raise InputError(
             f"the input has {input_shape.channels} channels (len(MODEL.PIXEL_MEAN)) but the trunk "
             f"expects in_chans={in_chans}; set MODEL.SEBENCH.KWARGS 'in_chans=...' to match"
         )

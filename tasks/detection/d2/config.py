@@ -28,6 +28,7 @@ import backbones
 
 # The kwargs helpers live beside the weight converter, which must import without detectron2.
 from backbones import format_kwargs, parse_kwargs
+from backbones.errors import InputError
 from backbones.resnet import ResNet
 
 from ..convert_weights import resnet_family_models
@@ -67,7 +68,7 @@ def sebench_model_args(cfg: CfgNode) -> tuple[str, dict[str, Any]]:
         ValueError: naming the bad key and what was expected.
     """
     if "SEBENCH" not in cfg.MODEL:
-        raise ValueError(
+        raise InputError(
             "the config has no MODEL.SEBENCH; call "
             "tasks.detection.d2.config.add_sebench_config(cfg) before merging the YAML"
         )
@@ -75,18 +76,18 @@ def sebench_model_args(cfg: CfgNode) -> tuple[str, dict[str, Any]]:
     if not backbones.is_model(name):
         close = difflib.get_close_matches(str(name), resnet_family_models(), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
+        raise InputError(
             f"MODEL.SEBENCH.NAME={name!r} is not a registry model.{hint} "
             f"Supported: {', '.join(resnet_family_models())}"
         )
     if backbones.model_class(name) is not ResNet:
-        raise ValueError(
+        raise InputError(
             f"MODEL.SEBENCH.NAME={name!r} ({backbones.model_class(name).__name__}) has no "
             f"detectron2 trunk; supported (ResNet family): {', '.join(resnet_family_models())}"
         )
     items = cfg.MODEL.SEBENCH.KWARGS
     if isinstance(items, str):
-        raise ValueError(
+        raise InputError(
             f"MODEL.SEBENCH.KWARGS must be a list of 'key=value' strings, got the string "
             f"{items!r}; on a detectron2 command line write MODEL.SEBENCH.KWARGS '[\"{items}\"]'"
         )
@@ -94,14 +95,14 @@ def sebench_model_args(cfg: CfgNode) -> tuple[str, dict[str, Any]]:
     accepted = [k for k in backbones.accepted_kwargs(ResNet) if k not in RESERVED_KWARGS]
     for key in kwargs:
         if key in RESERVED_KWARGS:
-            raise ValueError(
+            raise InputError(
                 f"MODEL.SEBENCH.KWARGS must not set {key!r}: the detectron2 trunk sets it "
                 f"(reserved: {', '.join(RESERVED_KWARGS)})"
             )
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(
+            raise InputError(
                 f"MODEL.SEBENCH.KWARGS has an unknown keyword {key!r} for {name}.{hint} "
                 f"Accepted: {', '.join(accepted)}"
             )
@@ -119,7 +120,7 @@ def create_trunk(cfg: CfgNode) -> ResNet:
     try:
         return backbones.create_model(name, num_classes=0, **kwargs)
     except (ValueError, TypeError) as err:
-        raise ValueError(
+        raise InputError(
             f"MODEL.SEBENCH (NAME={name!r}, KWARGS={format_kwargs(kwargs)}): {err}"
         ) from err
 

@@ -23,6 +23,8 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
+from backbones.errors import InputError
+
 from ..coco import COCOSummary, check_coco
 
 __all__ = [
@@ -40,7 +42,7 @@ CUSTOM_TRAIN_NAME = "sebench_coco_train"
 CUSTOM_VAL_NAME = "sebench_coco_val"
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A data set named in the config is unknown or its files are missing or malformed."""
 
 

@@ -36,6 +36,8 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 
+from backbones.errors import InputError
+
 from ..paper import PAPER_LINE_HEADER, paper_line
 from .config import add_sebench_config, check_sebench_config
 from .data import (
@@ -64,7 +66,7 @@ Without CUDA, --num-gpus N starts N CPU processes (gloo).
 """
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """The config file or a KEY VALUE override is missing or wrong."""
 
 

@@ -28,6 +28,8 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
+from backbones.errors import InputError
+
 __all__ = [
     "CPUAutocastTrainer",
     "SEBenchTrainer",
@@ -57,12 +59,12 @@ def amp_dtype(cfg: CfgNode) -> torch.dtype | None:
     if precision == "":
         return torch.bfloat16 if on_cpu else torch.float16
     if precision not in PRECISIONS:
-        raise ValueError(
+        raise InputError(
             f"SOLVER.AMP.PRECISION must be one of {sorted(PRECISIONS)} or '' (float16 on CUDA, "
             f"bfloat16 on the CPU), got {precision!r}"
         )
     if on_cpu and precision != "bfloat16":
-        raise ValueError(
+        raise InputError(
             f"SOLVER.AMP.PRECISION {precision!r} is not supported on the CPU (MODEL.DEVICE cpu); "
             "use 'bfloat16' or ''"
         )
