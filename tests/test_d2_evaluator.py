@@ -24,8 +24,8 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, Instances
 
 from tasks.detection.d2.data import DatasetFiles, register_datasets
+from tasks.detection.evaluation import AP_KEYS
 
-AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # Image sizes whose boxes (1/4 to 1/2 of each side) all fall in COCO's small (< 32^2), medium
 # and large (> 96^2) areas.
 IMAGE_SIZES = ((48, 64), (128, 160), (384, 480))

@@ -29,6 +29,7 @@ import torch
 
 import backbones
 from backbones import format_kwargs, parse_kwargs
+from backbones.constants import IMAGENET_MEAN, IMAGENET_STD
 from backbones.errors import InputError
 from backbones.resnet import ResNet
 from backbones.weights import TIMM_EQUIVALENTS, create_from_timm
@@ -61,8 +62,6 @@ _BUILDERS = {
 }
 # ImageNet statistics in [0, 1], RGB: timm's and torchvision's default, and what our Places365 /
 # image-folder data modules normalise with.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass

@@ -26,6 +26,7 @@ from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScale
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 import backbones
+from backbones.constants import IMAGENET_MEAN, IMAGENET_STD
 from backbones.errors import InputError
 from backbones.weights.checkpoint import check_state_dict, read_checkpoint
 
@@ -39,8 +40,6 @@ __all__ = [
     "load_trunk_weights",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMS = ("frozen_bn", "bn", "syncbn")
 # Feature maps finer than stride 4 (a stem's stride-2 output) are too large for an FPN level.
 MIN_FPN_REDUCTION = 4

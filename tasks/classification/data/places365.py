@@ -27,10 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from backbones.constants import IMAGENET_MEAN, IMAGENET_STD
 from backbones.errors import InputError, MissingFileError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PLACES365_NUM_CLASSES = 365
 TRAIN_CROPS = ("random_resized", "random")
 PLACES365_TRAIN_SPLITS = ("train-standard", "train-challenge")

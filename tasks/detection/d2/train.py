@@ -38,6 +38,7 @@ from detectron2.utils import comm
 
 from backbones.errors import InputError
 
+from ..evaluation import AP_KEYS
 from ..paper import PAPER_LINE_HEADER, paper_line
 from .config import add_sebench_config, check_sebench_config
 from .data import (
@@ -51,7 +52,6 @@ from .trainer import SEBenchTrainer, amp_dtype, precision_name
 __all__ = ["AP_KEYS", "ConfigError", "build_parser", "main", "setup_cfg"]
 
 COMMANDS = {"train": "train, evaluate at the end", "eval": "evaluate MODEL.WEIGHTS (or --resume)"}
-AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 EPILOG = """\
 examples:
   sebench detect train --config-file configs/coco/faster_rcnn_se_resnet50_fpn_2x.yaml --num-gpus 8
