@@ -24,8 +24,8 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import re
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -225,7 +225,18 @@ class ShardSamples(Dataset):
 
 
 class _EncodedFile:
-    """optimize's per-sample function: a file's bytes and label, after checking its header."""
+    """optimize's per-sample function: a file's bytes and label, after checking its header.
+
+    An unreadable file does not raise in the worker (litdata then leaves the worker's helper
+    processes running): it is written to ``errors_dir`` and replaced by an empty sample, and
+    :func:`write_shards` reports all of them once the pass is over.
+
+    Args:
+        errors_dir: a folder for one error file per worker process.
+    """
+
+    def __init__(self, errors_dir: str) -> None:
+        self.errors_dir = errors_dir
 
     def __call__(self, sample: tuple[str, int, int, str]) -> dict[str, Any]:
         path, label, index, name = sample
@@ -233,17 +244,19 @@ class _EncodedFile:
             with open(path, "rb") as fh:
                 data = fh.read()
             image_size(data)
-        except FileNotFoundError:
-            raise MissingFileError(f"image {path} does not exist") from None
         except (OSError, ValueError) as err:
-            raise InputError(f"cannot read image {path}: {err}") from err
+            reason = (
+                "does not exist" if isinstance(err, FileNotFoundError) else f"cannot be read: {err}"
+            )
+            with open(os.path.join(self.errors_dir, f"{os.getpid()}.txt"), "a") as fh:
+                fh.write(f"image {path} {reason}\n")
+            data, label = b"", -1
         return {"image": data, "label": int(label), "index": int(index), "name": name}
 
 
-def _worker_error(err: BaseException) -> str | None:
-    # litdata re-raises a worker's exception as a RuntimeError holding its traceback text.
-    found = re.findall(r"(?:InputError|MissingFileError): (.+)", str(err))
-    return found[-1] if found else None
+def _reported_errors(errors_dir: str) -> list[str]:
+    return [line for file in sorted(os.listdir(errors_dir))
+            for line in open(os.path.join(errors_dir, file)).read().splitlines()]  # fmt: skip
 
 
 def _prepare_output(out: str, *, overwrite: bool) -> str | None:
@@ -269,14 +282,9 @@ def _optimize(inputs: list, fn: Callable, url: str, *, mode: str | None, **kwarg
     try:
         optimize(fn=fn, inputs=inputs, output_dir=url, mode=mode, start_method=start, **kwargs)
     except RuntimeError as err:
-        if "already contains an optimized" in str(err):
-            raise InputError(
-                f"{url} already holds shards; pass --overwrite to replace them"
-            ) from None
-        message = _worker_error(err)
-        if message is None:
+        if "already contains an optimized" not in str(err):
             raise
-        raise InputError(message) from None
+        raise InputError(f"{url} already holds shards; pass --overwrite to replace them") from None
     written = len(StreamingDataset(url))
     if written != len(inputs):  # a worker that died at start-up is not reported by optimize
         raise RuntimeError(f"litdata wrote {written} of {len(inputs)} samples to {url}")
@@ -312,18 +320,26 @@ def write_shards(
     mode = _prepare_output(out, overwrite=overwrite)
     workers = num_workers or os.cpu_count() or 1
     for split, items in samples.items():
-        indexed = [
-            (path, label, i, os.path.relpath(path, root)) for i, (path, label) in enumerate(items)
-        ]
+        indexed = [(path, label, i, os.path.relpath(path, root))
+                   for i, (path, label) in enumerate(items)]  # fmt: skip
         if split == "train":
             order = np.random.default_rng(_WRITE_ORDER_SEED).permutation(len(indexed))
             indexed = [indexed[i] for i in order]
-        print(f"writing {len(indexed)} {split} images to {split_url(out, split)}")
-        _optimize(
-            indexed, _EncodedFile(), split_url(out, split), mode=mode,
-            num_workers=min(workers, len(indexed)), chunk_bytes=chunk_bytes,
-            keep_data_ordered=True, reorder_files=False,
-        )  # fmt: skip
+        url = split_url(out, split)
+        print(f"writing {len(indexed)} {split} images to {url}")
+        with tempfile.TemporaryDirectory() as errors_dir:
+            _optimize(
+                indexed, _EncodedFile(errors_dir), url, mode=mode,
+                num_workers=min(workers, len(indexed)), chunk_bytes=chunk_bytes,
+                keep_data_ordered=True, reorder_files=False,
+            )  # fmt: skip
+            errors = _reported_errors(errors_dir)
+        if errors:
+            raise InputError(
+                f"{len(errors)} of the {split} images cannot be used, so the shards in {url} "
+                f"are incomplete; fix or remove the files, then run again with --overwrite. "
+                f"{'; '.join(errors[:5])}{' ...' if len(errors) > 5 else ''}"
+            )
     info = ShardsInfo(
         dataset=dataset,
         classes=list(classes),
