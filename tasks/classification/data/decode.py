@@ -29,6 +29,7 @@ grey levels of decoding at full size, cropping and resizing (``tests/test_decode
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 from collections.abc import Callable
@@ -93,10 +94,17 @@ class CropPlan:
     flip: bool = False
 
 
+@functools.lru_cache(maxsize=256)
 def _canvas(height: int, width: int) -> tv_tensors.BoundingBoxes:
     # An empty box list carries an image's size through torchvision's v2 transforms, so their
-    # own parameter code runs on the geometry alone.
+    # own parameter code runs on the geometry alone. Cached: datasets repeat a few sizes.
     return tv_tensors.BoundingBoxes(torch.empty(0, 4), format="XYXY", canvas_size=(height, width))
+
+
+@functools.lru_cache(maxsize=1024)
+def _resized_canvas(height: int, width: int, resize_size: int) -> tv_tensors.BoundingBoxes:
+    """The canvas after ``v2.Resize(resize_size)``: torchvision's own rounding of the long side."""
+    return v2.Resize(resize_size, antialias=True)(_canvas(height, width))
 
 
 class CropSampler:
@@ -118,7 +126,7 @@ class CropSampler:
     def __init__(self, *, train: bool, train_crop: str, crop_size: int, resize_size: int) -> None:
         self.train, self.train_crop = train, train_crop
         self.crop_size = crop_size
-        self._resize = v2.Resize(resize_size, antialias=True)
+        self.resize_size = resize_size
         self._random_resized_crop = v2.RandomResizedCrop(crop_size, antialias=True)
         self._random_crop = v2.RandomCrop(crop_size)
 
@@ -126,23 +134,22 @@ class CropSampler:
         """The plan for an image of ``height`` x ``width`` pixels."""
         canvas = _canvas(height, width)
         size = (self.crop_size, self.crop_size)
+        resize = None
         if self.train and self.train_crop == "random_resized":
             box = self._random_resized_crop.make_params([canvas])
-            plan = CropPlan(box["top"], box["left"], box["height"], box["width"], size)
+            top, left, box_size = box["top"], box["left"], (box["height"], box["width"])
         else:
-            resized = self._resize(canvas)
-            resize = tuple(resized.canvas_size)
+            resized = _resized_canvas(height, width, self.resize_size)
+            resize, box_size = tuple(resized.canvas_size), size
             if self.train:
                 box = self._random_crop.make_params([resized])
                 top, left = box["top"], box["left"]
             else:  # v2.CenterCrop's anchor
                 top = int(round((resize[0] - self.crop_size) / 2.0))
                 left = int(round((resize[1] - self.crop_size) / 2.0))
-            plan = CropPlan(top, left, *size, size=size, resize=resize)
-        if self.train:
-            # v2.RandomHorizontalFlip(p=0.5) applies when torch.rand(1) < p.
-            plan = dataclasses.replace(plan, flip=bool(torch.rand(1) < 0.5))
-        return plan
+        # v2.RandomHorizontalFlip(p=0.5) applies when torch.rand(1) < p, after the crop's draws.
+        flip = self.train and bool(torch.rand(1) < 0.5)
+        return CropPlan(top, left, *box_size, size=size, resize=resize, flip=flip)
 
 
 def dct_scale(plan: CropPlan, height: int, width: int) -> int:
