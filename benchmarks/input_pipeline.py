@@ -315,26 +315,22 @@ def fidelity(files: list[str], train_crop: str) -> dict[str, float]:
 
 
 def measure_gpu(
-    root: Path, device: torch.device, batch_size: int, repeats: int
+    root: Path, device: torch.device, *, train_crop: str, batch_size: int, repeats: int
 ) -> dict[str, float]:
-    """Images/s of the GPU path's device part (decode, crop, flip, normalise), small images."""
-    sampler_module = ImageFolderDataModule(str(root), decode="gpu")
-    plan = sampler_module.decoder(train=True)
-    assert isinstance(plan, PlanOnly)
+    """Images/s of the GPU path's device part (decode, crop, flip, normalise) on ``device``:
+    one batch of the files (repeated to ``batch_size``), planned as a worker would."""
+    plan = PlanOnly(CropSampler(train=True, train_crop=train_crop, crop_size=224, resize_size=256))
     blobs = [_read(f) for f in _files(root)]
-    items = [(plan(blobs[i % len(blobs)]), 0) for i in range(batch_size)]
-    batch = collate_encoded(items)
+    batch = collate_encoded([(plan(blobs[i % len(blobs)]), 0) for i in range(batch_size)])
     decoder = DeviceDecoder()
-    for _ in range(3):
+
+    def run() -> int:
         decoder(batch, device)
-    torch.cuda.synchronize(device)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        decoder(batch, device)
-        torch.cuda.synchronize(device)
-        rates.append(batch_size / (time.perf_counter() - start))
-    return _summary(rates)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return batch_size
+
+    return _summary(time_paths({"gpu": run}, repeats)["gpu"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             }  # fmt: skip
             if size == "small" and torch.device(args.device).type == "cuda":
                 result["gpu"] = {"images_per_s": measure_gpu(
-                    root, torch.device(args.device), args.gpu_batch, args.repeats)}  # fmt: skip
+                    root, torch.device(args.device), train_crop=args.train_crop,
+                    batch_size=args.gpu_batch, repeats=args.repeats)}  # fmt: skip
     result["goals"] = evaluate_goals(result)
     print(to_markdown(result))
     save_result(result, args.out)

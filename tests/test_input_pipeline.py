@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from benchmarks import input_pipeline
 
 
@@ -21,3 +23,11 @@ def test_input_pipeline_reports_every_path_and_goal(tmp_path):
     statuses = {g["goal"]: g["status"] for g in result["goals"]}
     assert len(statuses) == 7 and set(statuses.values()) <= {"met", "not met", "not measured"}
     assert statuses["GPU decode path images/s, small images, one GPU"] == "not measured"
+
+
+def test_gpu_path_timing_runs_on_the_cpu_device(tmp_path):
+    input_pipeline.write_images(tmp_path, 2, "small")
+    rate = input_pipeline.measure_gpu(
+        tmp_path, torch.device("cpu"), train_crop="random_resized", batch_size=4, repeats=1
+    )
+    assert rate["median"] > 0

@@ -193,7 +193,7 @@ def _check_sample(dataset: _Places365, *, list_file: str, layout: str) -> None:
     for index in sorted(
         {round(i * (count - 1) / max(_SAMPLE_CHECKS - 1, 1)) for i in range(_SAMPLE_CHECKS)}
     ):
-        path = os.path.join(images_dir, dataset.files[index].decode())
+        path = dataset.path(index)
         if not os.path.isfile(path):
             raise MissingFileError(f"{list_file}, line {index + 1}: image {path} does not exist")
 

@@ -5,6 +5,7 @@ lists, ImageFolder trees) into litdata shards of the original encoded bytes, one
 split, to a local folder or any URL litdata writes to (``s3://``, ``gs://``, ...)::
 
     OUT/train/   index.json + chunk-*.bin: {"image": bytes, "label": int, "index": int, "name": str}
+                 (index: the position in the data module's file list, name: the file's path)
     OUT/val/     the same for the validation split
     OUT/meta/    one sample: the dataset name, its class list and the split sizes (JSON)
 
