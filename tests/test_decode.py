@@ -95,7 +95,8 @@ def test_reduced_decode_matches_torchvision_draw_for_draw(photos, train, train_c
 
 def test_crop_boxes_and_flips_are_torchvision_s_on_the_original_geometry():
     # torchvision's transform applied to an image of pixel coordinates with nearest-neighbour
-    # resizing: the output's first pixel is the crop box's top-left, and a flip reverses it.
+    # resizing: the output's first pixel is the crop box's top-left, its last pixel gives the
+    # box's size, and a flip reverses the columns.
     height, width = 300, 400
     ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     coordinates = torch.stack([ys, xs]).float()
@@ -113,6 +114,10 @@ def test_crop_boxes_and_flips_are_torchvision_s_on_the_original_geometry():
         flipped = bool(out[1, 0, 0] > out[1, 0, -1])
         left = out[1, 0, -1] if flipped else out[1, 0, 0]
         assert (int(out[0, 0, 0]), int(left), flipped) == (plan.top, plan.left, plan.flip), seed
+        # Nearest resizing samples row floor(15 * height / 16) of the box for the last row.
+        right = out[1, 0, 0] if flipped else out[1, 0, -1]
+        last = (int(out[0, -1, 0]) - plan.top, int(right) - plan.left)
+        assert last == (15 * plan.height // 16, 15 * plan.width // 16), (seed, plan, last)
         flips.append(plan.flip)
         areas.append(plan.height * plan.width / (height * width))
     assert 0.38 < np.mean(flips) < 0.62, np.mean(flips)  # 150 fair coin flips: 0.5 +- 0.04
