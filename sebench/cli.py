@@ -43,6 +43,7 @@ ARGPARSE_COMMANDS = {
     "excitations": "tasks.analysis.cli",
     "prune-se": "tasks.analysis.cli",
     "convert-weights": "tasks.detection.convert_weights",
+    "prepare-shards": "tasks.classification.data.shards",
 }
 
 

@@ -83,7 +83,10 @@ def test_places365_tree_is_read_by_torchvision(tmp_path, split, small, train_cro
     )
     assert len(dm.train_set) == len(labels["train"]) and len(dm.val_set) == 3
 
+    # Training batches leave the workers as uint8; the data module normalises them on the device.
     images, targets = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.uint8, images.dtype
+    images, targets = dm.on_after_batch_transfer((images, targets), 0)
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32, images.shape
     assert targets.dtype == torch.int64 and set(targets.tolist()) <= set(TRAIN_CLASSES)
     assert -2.2 < images.min() < images.max() < 2.7, "ImageNet-normalised values expected"
@@ -244,7 +247,7 @@ def test_image_folder_happy_path(tmp_path):
     dm = ImageFolderDataModule(str(tmp_path / "imgs"), train_crop="random", **SMALL)
     assert (dm.num_classes, dm.synthetic, dm.dataset_name) == (3, False, "imagefolder")
     dm.setup("fit")
-    images, targets = next(iter(dm.train_dataloader()))
+    images, targets = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert images.shape == (4, 3, 32, 32) and targets.dtype == torch.int64
     assert [t for _, b in dm.val_dataloader() for t in b.tolist()] == [0, 0, 1, 1, 2, 2]
 

@@ -212,6 +212,8 @@ def build_data_module(
     # The commands sample classes from a Dataset (not the GPU-resident loader) and pin memory
     # themselves when the device is CUDA.
     extra.update({k: False for k in ("gpu_resident", "pin_memory") if k in accepted})
+    if init_args.get("decode") == "gpu":  # the items of a GPU-decoding module are still bytes
+        extra["decode"] = "cpu"
     init_args.update(extra)
     unknown = sorted(set(init_args) - accepted)
     if unknown:

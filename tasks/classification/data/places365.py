@@ -7,9 +7,8 @@ al., arXiv:1709.01507, Sec. 6.3, Table 6) trains ResNet-152 and SE-ResNet-152 fr
 Places365-Challenge and reports single 224 centre-crop error on the 36,500 validation images,
 which is why the validation split serves both ``validate`` and ``test`` here.
 
-Augmentation: random-resized 224 crops (Inception-style, the paper's ImageNet recipe) or random
-224 crops of images resized to 256 (the Places365 recipe), plus horizontal flips; evaluation
-resizes to 256 and takes the 224 centre crop. Both normalise with the ImageNet mean and std.
+The transforms, the decode paths (reduced-size CPU decoding, PIL, GPU) and reading from litdata
+shards are the shared :class:`~.image_module.CropDataModule`'s; this file reads the two layouts.
 """
 
 from __future__ import annotations
@@ -19,92 +18,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import datasets
-from torchvision.transforms import v2
 
-from backbones.constants import IMAGENET_MEAN, IMAGENET_STD
 from backbones.errors import InputError, MissingFileError
 
+from .decode import ImageLoader
+from .image_module import CropDataModule
+
 PLACES365_NUM_CLASSES = 365
-TRAIN_CROPS = ("random_resized", "random")
 PLACES365_TRAIN_SPLITS = ("train-standard", "train-challenge")
 
 # Eagerly checked entries per file list: stat-ing all 8M files of Places365-Challenge would take
 # minutes on a network file system, while a spread-out sample catches the usual mistakes (wrong
 # data_dir, small/large mix-up, an archive not extracted or extracted under another name).
 _SAMPLE_CHECKS = 64
-
-
-def train_transform(*, train_crop: str, crop_size: int, resize_size: int) -> v2.Compose:
-    """Training transform: random crop + horizontal flip + ImageNet normalisation.
-
-    Args:
-        train_crop: ``"random_resized"`` (RandomResizedCrop to ``crop_size``) or ``"random"``
-            (resize the shorter side to ``resize_size``, then a random ``crop_size`` crop).
-        crop_size: side of the square crop fed to the network.
-        resize_size: shorter side after resizing, for ``"random"``.
-    """
-    if train_crop == "random_resized":
-        crop = [v2.RandomResizedCrop(crop_size, antialias=True)]
-    elif train_crop == "random":
-        crop = [v2.Resize(resize_size, antialias=True), v2.RandomCrop(crop_size)]
-    else:
-        raise InputError(f"data.train_crop must be one of {TRAIN_CROPS}, got {train_crop!r}")
-    return v2.Compose([*crop, v2.RandomHorizontalFlip(), *_to_normalised_tensor()])
-
-
-def eval_transform(*, crop_size: int, resize_size: int) -> v2.Compose:
-    """Evaluation transform: resize the shorter side, centre crop, ImageNet normalisation.
-
-    Args:
-        crop_size: side of the centre crop.
-        resize_size: shorter side after resizing.
-    """
-    resize = [v2.Resize(resize_size, antialias=True), v2.CenterCrop(crop_size)]
-    return v2.Compose([*resize, *_to_normalised_tensor()])
-
-
-def _to_normalised_tensor() -> list[Callable]:
-    return [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ]
-
-
-def _check_sizes(crop_size: int, resize_size: int) -> None:
-    if not 0 < crop_size <= resize_size:
-        raise InputError(
-            f"data.crop_size must be positive and at most data.resize_size, got crop_size="
-            f"{crop_size}, resize_size={resize_size} (the paper: 224 crops of 256 images)"
-        )
-
-
-class ImageLoader:
-    """Opens an image as RGB; a missing or unreadable file raises an error naming it.
-
-    A class rather than a closure so that DataLoader worker processes can pickle it.
-
-    Args:
-        source: where the path came from, quoted in errors (a file list, or a folder).
-    """
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def __call__(self, path: str) -> Image.Image:
-        try:
-            with open(path, "rb") as fh:
-                return Image.open(fh).convert("RGB")  # convert() decodes: truncation fails here
-        except FileNotFoundError:
-            raise MissingFileError(f"image {path} ({self.source}) does not exist") from None
-        except OSError as err:  # PIL.UnidentifiedImageError and truncated files are OSErrors
-            raise InputError(f"cannot read image {path} ({self.source}): {err}") from err
 
 
 def places365_layout(
@@ -149,14 +78,13 @@ class _Places365(datasets.Places365):
         split: str,
         small: bool,
         download: bool = False,
-        transform: Callable | None = None,
-        loader: Callable | None = None,
+        decode: Callable[[bytes, str], Any] | None = None,
         layout: str = "",
     ) -> None:
         self.layout = layout  # read by _check_integrity, which super().__init__ calls
-        super().__init__(root, split=split, small=small, download=download, transform=transform)
+        super().__init__(root, split=split, small=small, download=download)
         self.list_file = os.path.join(root, self._FILE_LIST_META[split][0])
-        self.loader = loader or ImageLoader(f"listed in {self.list_file}")
+        self.loader = ImageLoader(f"listed in {self.list_file}", decode)
         prefix = len(self.images_dir) + len(os.sep)
         self.files = np.array([p[prefix:].encode() for p, _ in self.imgs])
         self.labels = self.targets
@@ -172,11 +100,12 @@ class _Places365(datasets.Places365):
     def __len__(self) -> int:
         return len(self.files)
 
+    def path(self, index: int) -> str:
+        """The image file of item ``index``."""
+        return os.path.join(self.images_dir, self.files[index].decode())
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = self.loader(os.path.join(self.images_dir, self.files[index].decode()))
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
+        return self.loader(self.path(index)), int(self.labels[index])
 
 
 def read_places365_categories(file: str | Path) -> list[str]:
@@ -205,12 +134,18 @@ def read_places365_categories(file: str | Path) -> list[str]:
 
 
 def _read_list(
-    root: str, *, split: str, small: bool, transform: Callable, num_classes: int, layout: str
+    root: str,
+    *,
+    split: str,
+    small: bool,
+    decode: Callable[[bytes, str], Any] | None,
+    num_classes: int,
+    layout: str,
 ) -> _Places365:
     """Build torchvision's dataset for one split, then check its labels and a sample of files."""
     list_file = os.path.join(root, datasets.Places365._FILE_LIST_META[split][0])
     try:
-        dataset = _Places365(root, split=split, small=small, transform=transform, layout=layout)
+        dataset = _Places365(root, split=split, small=small, decode=decode, layout=layout)
     except InputError:
         raise  # our own checks (a missing file list) already name the problem
     except (ValueError, AttributeError, TypeError) as err:
@@ -258,65 +193,29 @@ def _check_sample(dataset: _Places365, *, list_file: str, layout: str) -> None:
     for index in sorted(
         {round(i * (count - 1) / max(_SAMPLE_CHECKS - 1, 1)) for i in range(_SAMPLE_CHECKS)}
     ):
-        path = os.path.join(images_dir, dataset.files[index].decode())
+        path = dataset.path(index)
         if not os.path.isfile(path):
             raise MissingFileError(f"{list_file}, line {index + 1}: image {path} does not exist")
 
 
-class _CropDataModule(L.LightningDataModule):
-    """Shared loaders and transforms; subclasses build ``self.train_set`` / ``self.val_set``."""
-
-    def __init__(
-        self,
-        *,
-        batch_size: int,
-        num_workers: int,
-        train_crop: str,
-        crop_size: int,
-        resize_size: int,
-    ) -> None:
-        super().__init__()
-        if train_crop not in TRAIN_CROPS:
-            raise InputError(f"data.train_crop must be one of {TRAIN_CROPS}, got {train_crop!r}")
-        _check_sizes(crop_size, resize_size)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.train_transform = train_transform(
-            train_crop=train_crop, crop_size=crop_size, resize_size=resize_size
-        )
-        self.eval_transform = eval_transform(crop_size=crop_size, resize_size=resize_size)
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
-
-    @property
-    def synthetic(self) -> bool:
-        """Always False: these modules only read real images."""
-        return False
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        # No labelled test set is public: the paper reports validation error (Table 6).
-        return self._loader(self.val_set, shuffle=False)
-
-    def _loader(self, dataset: Dataset | None, *, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
+# Appended to both modules' docstrings, where LightningCLI reads each argument's --help.
+_CROP_MODULE_ARGS = """
+        batch_size: images per batch and per process (default: 256).
+        num_workers: DataLoader worker processes per process (default: 8).
+        train_crop: ``"random_resized"`` (RandomResizedCrop) or ``"random"`` (resize to
+            ``resize_size``, random ``crop_size`` crop) (default: ``"random_resized"``).
+        crop_size: training and evaluation crop side (default: 224).
+        resize_size: shorter side before the ``"random"`` and the centre crop (default: 256).
+        decode: ``"cpu"`` (JPEGs decoded at reduced size in the workers), ``"pil"`` (PIL +
+            torchvision transforms in the workers) or ``"gpu"`` (workers read bytes; decoding
+            and cropping on the training device) (default: ``"cpu"``).
+        format: ``"folder"`` (the files) or ``"shards"`` (litdata shards written by
+            ``sebench prepare-shards``) (default: ``"folder"``).
+        shards: the shards' folder or URL, for ``format="shards"`` (default: None).
+        seed: shuffling seed of the shards (default: the run's ``seed_everything``)."""
 
 
-class Places365DataModule(_CropDataModule):
+class Places365DataModule(CropDataModule):
     """Places365 through ``torchvision.datasets.Places365``; validation = the 36,500 val images.
 
     Args:
@@ -324,14 +223,8 @@ class Places365DataModule(_CropDataModule):
         split: training list, ``"train-standard"`` (1.8M images) or ``"train-challenge"`` (8M,
             the paper's Table 6) (default: ``"train-standard"``).
         small: the 256x256 images (True) or the large ones (False) (default: True).
-        batch_size: images per batch and per process (default: 256).
-        num_workers: DataLoader worker processes per process (default: 8).
-        train_crop: ``"random_resized"`` (RandomResizedCrop) or ``"random"`` (resize to
-            ``resize_size``, random ``crop_size`` crop) (default: ``"random_resized"``).
-        crop_size: training and evaluation crop side (default: 224).
-        resize_size: shorter side before the ``"random"`` and the centre crop (default: 256).
         download: download missing lists and images in ``prepare_data`` (default: False).
-    """
+    """  # the loader, crop, decode and shard arguments: _CROP_MODULE_ARGS, appended below
 
     def __init__(
         self,
@@ -344,6 +237,10 @@ class Places365DataModule(_CropDataModule):
         train_crop: Literal["random_resized", "random"] = "random_resized",
         crop_size: int = 224,
         resize_size: int = 256,
+        decode: Literal["cpu", "pil", "gpu"] = "cpu",
+        format: Literal["folder", "shards"] = "folder",
+        shards: str | None = None,
+        seed: int | None = None,
         download: bool = False,
     ) -> None:
         super().__init__(
@@ -352,6 +249,10 @@ class Places365DataModule(_CropDataModule):
             train_crop=train_crop,
             crop_size=crop_size,
             resize_size=resize_size,
+            decode=decode,
+            format=format,
+            shards=shards,
+            seed=seed,
         )
         if split not in PLACES365_TRAIN_SPLITS:
             raise InputError(f"data.split must be one of {PLACES365_TRAIN_SPLITS}, got {split!r}")
@@ -371,18 +272,27 @@ class Places365DataModule(_CropDataModule):
         return os.path.join(self.data_dir, datasets.Places365._CATEGORIES_META[0])
 
     @property
-    def num_classes(self) -> int:
+    def layout(self) -> str:
+        """The expected layout, for error messages."""
+        return places365_layout(self.data_dir, self.split, self.small)
+
+    def _num_classes_from_files(self) -> int:
         """Lines of ``categories_places365.txt``; 365 (the official count) until it exists.
 
         The CLI reads this when it builds the model, before ``prepare_data`` may download the
         lists, so an absent file must not be an error here; ``setup`` reports it.
         """
+        names = self.class_names()
+        return PLACES365_NUM_CLASSES if names is None else len(names)
+
+    def class_names(self) -> list[str] | None:
+        """The names of ``categories_places365.txt``, or None where it does not exist."""
         if os.path.isfile(self.categories_file):
-            return len(read_places365_categories(self.categories_file))
-        return PLACES365_NUM_CLASSES
+            return read_places365_categories(self.categories_file)
+        return None
 
     def prepare_data(self) -> None:
-        if not self.download:
+        if not self.download or self.format == "shards":
             return
         for split in (self.split, "val"):
             try:
@@ -390,46 +300,38 @@ class Places365DataModule(_CropDataModule):
             except (OSError, RuntimeError) as err:  # URLError is an OSError; bad MD5 a RuntimeError
                 raise MissingFileError(
                     f"could not download Places365 ({split}) into {self.data_dir}: {err};\n"
-                    f"{places365_layout(self.data_dir, self.split, self.small)}"
+                    f"{self.layout}"
                 ) from err
 
-    def setup(self, stage: str | None = None) -> None:
-        layout = places365_layout(self.data_dir, self.split, self.small)
+    def _check_files(self) -> None:
         if not os.path.isfile(self.categories_file):
-            raise MissingFileError(f"{self.categories_file} does not exist;\n{layout}")
-        num_classes = self.num_classes
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = _read_list(
-                self.data_dir,
-                split=self.split,
-                small=self.small,
-                transform=self.train_transform,
-                num_classes=num_classes,
-                layout=layout,
-            )
-        if self.val_set is None:
-            self.val_set = _read_list(
-                self.data_dir,
-                split="val",
-                small=self.small,
-                transform=self.eval_transform,
-                num_classes=num_classes,
-                layout=layout,
-            )
+            raise MissingFileError(f"{self.categories_file} does not exist;\n{self.layout}")
+
+    def _read(self, split: str, decode: Callable[[bytes, str], Any] | None) -> _Places365:
+        self._check_files()
+        return _read_list(
+            self.data_dir,
+            split=self.split if split == "train" else "val",
+            small=self.small,
+            decode=decode,
+            num_classes=self.num_classes,
+            layout=self.layout,
+        )
+
+    def _folder_dataset(self, split: str) -> Dataset:
+        return self._read(split, self.decoder(train=split == "train"))
+
+    def source_samples(self, split: str) -> list[tuple[str, int]]:
+        dataset = self._read(split, None)
+        return [(dataset.path(i), int(label)) for i, label in enumerate(dataset.labels)]
 
 
-class ImageFolderDataModule(_CropDataModule):
+class ImageFolderDataModule(CropDataModule):
     """An ImageNet-style tree: ``data_dir/train/<class>/*.jpg`` and ``data_dir/val/<class>/*.jpg``.
 
     Args:
         data_dir: root holding ``train/`` and ``val/``, each with one folder per class.
-        batch_size: images per batch and per process (default: 256).
-        num_workers: DataLoader worker processes per process (default: 8).
-        train_crop: ``"random_resized"`` or ``"random"``, as for Places365 (default:
-            ``"random_resized"``).
-        crop_size: training and evaluation crop side (default: 224).
-        resize_size: shorter side before the ``"random"`` and the centre crop (default: 256).
-    """
+    """  # the loader, crop, decode and shard arguments: _CROP_MODULE_ARGS, appended below
 
     def __init__(
         self,
@@ -440,6 +342,10 @@ class ImageFolderDataModule(_CropDataModule):
         train_crop: Literal["random_resized", "random"] = "random_resized",
         crop_size: int = 224,
         resize_size: int = 256,
+        decode: Literal["cpu", "pil", "gpu"] = "cpu",
+        format: Literal["folder", "shards"] = "folder",
+        shards: str | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -447,6 +353,10 @@ class ImageFolderDataModule(_CropDataModule):
             train_crop=train_crop,
             crop_size=crop_size,
             resize_size=resize_size,
+            decode=decode,
+            format=format,
+            shards=shards,
+            seed=seed,
         )
         self.save_hyperparameters()
         self.data_dir = str(data_dir)
@@ -456,10 +366,15 @@ class ImageFolderDataModule(_CropDataModule):
         """``"imagefolder"``."""
         return "imagefolder"
 
-    @property
-    def num_classes(self) -> int:
+    def _num_classes_from_files(self) -> int:
         """Number of class folders under ``data_dir/train``."""
         return len(self._classes("train"))
+
+    def class_names(self) -> list[str] | None:
+        """The class folders of ``data_dir/train``, or None where it does not exist."""
+        if os.path.isdir(os.path.join(self.data_dir, "train")):
+            return self._classes("train")
+        return None
 
     def _classes(self, part: str) -> list[str]:
         folder = os.path.join(self.data_dir, part)
@@ -476,7 +391,7 @@ class ImageFolderDataModule(_CropDataModule):
             )
         return classes
 
-    def setup(self, stage: str | None = None) -> None:
+    def _check_files(self) -> None:
         train_classes, val_classes = self._classes("train"), self._classes("val")
         if train_classes != val_classes:
             only_train = sorted(set(train_classes) - set(val_classes))
@@ -485,11 +400,18 @@ class ImageFolderDataModule(_CropDataModule):
                 f"class folders of {self.data_dir}/train and {self.data_dir}/val differ: only in "
                 f"train: {only_train[:10]}, only in val: {only_val[:10]}"
             )
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._folder("train", self.train_transform)
-        if self.val_set is None:
-            self.val_set = self._folder("val", self.eval_transform)
 
-    def _folder(self, part: str, transform: Callable) -> datasets.ImageFolder:
-        root = os.path.join(self.data_dir, part)
-        return datasets.ImageFolder(root, transform=transform, loader=ImageLoader(f"under {root}"))
+    def _read(self, split: str, decode: Callable[[bytes, str], Any] | None) -> datasets.ImageFolder:
+        root = os.path.join(self.data_dir, split)
+        return datasets.ImageFolder(root, loader=ImageLoader(f"under {root}", decode))
+
+    def _folder_dataset(self, split: str) -> Dataset:
+        return self._read(split, self.decoder(train=split == "train"))
+
+    def source_samples(self, split: str) -> list[tuple[str, int]]:
+        self._check_files()
+        return list(self._read(split, None).samples)
+
+
+Places365DataModule.__doc__ = (Places365DataModule.__doc__ or "") + _CROP_MODULE_ARGS
+ImageFolderDataModule.__doc__ = (ImageFolderDataModule.__doc__ or "") + _CROP_MODULE_ARGS
