@@ -20,6 +20,7 @@ import torch
 import yaml
 from _coco import write_tiny_coco
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 from backbones import SEBlock
 from tasks.detection.evaluation import AP_KEYS, coco_ap
@@ -140,8 +141,12 @@ def test_mask_ap_of_the_ground_truth_is_100(tiny_coco: dict[str, str]) -> None:
         mask = torch.from_numpy(mask_utils.decode(mask_utils.merge(rle)).astype(np.float32))
         (segmentation,) = masks_to_rle(mask[None, None])
         detections.append({**annotation, "segmentation": segmentation, "score": 1.0})
-    segm = coco_ap(tiny_coco["val_json"], detections, iou_type="segm")
+    gt = COCO(tiny_coco["val_json"])
+    segm = coco_ap(gt, detections, iou_type="segm")
     assert segm["AP"] == pytest.approx(100.0)
+    # COCOeval turns ground-truth polygons into RLEs in place: not in the caller's index,
+    # which the data module's dataset reads masks from.
+    assert all(isinstance(a["segmentation"], list) for a in gt.anns.values())
     shifted = [{**d, "bbox": [d["bbox"][0] + 8, *d["bbox"][1:]]} for d in detections]
     assert coco_ap(tiny_coco["val_json"], shifted, iou_type="segm")["AP"] == pytest.approx(100.0)
     assert coco_ap(tiny_coco["val_json"], shifted, iou_type="bbox")["AP"] < 100.0

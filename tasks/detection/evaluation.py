@@ -81,6 +81,8 @@ def coco_ap(
     if not detections:
         # COCO.loadRes cannot index an empty result list; nothing detected is 0 AP.
         return {key: 0.0 for key in AP_KEYS}
+    if iou_type == "segm":
+        coco_gt = _annotations_copied(coco_gt)
     with _quiet(verbose):
         coco_dt = coco_gt.loadRes(_plain(detections, iou_type))
         evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
@@ -93,6 +95,20 @@ def coco_ap(
         key: (100.0 * float(value) if value >= 0 else math.nan)
         for key, value in zip(AP_KEYS, evaluator.stats[: len(AP_KEYS)])
     }
+
+
+def _annotations_copied(coco_gt: COCO) -> COCO:
+    """An index over copies of the annotations: mask AP replaces each ground-truth polygon by
+    its RLE in place, which would break other readers of the index (the data module's dataset
+    decodes the polygons into training masks)."""
+    copy = COCO()
+    copy.dataset = {
+        **coco_gt.dataset,
+        "annotations": [dict(a) for a in coco_gt.dataset.get("annotations", [])],
+    }
+    with _quiet(False):
+        copy.createIndex()
+    return copy
 
 
 def _plain(detections: list[dict[str, Any]], iou_type: str) -> list[dict[str, Any]]:
