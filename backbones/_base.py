@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Union
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from .layers.se import SEBlock
 GLOBAL_POOLS = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}
 # timm's out_indices / indices: level indices (negative ones from the deepest) or an int n for
 # the last n levels.
-OutIndices = Union[int, Sequence[int]]
+OutIndices = int | Sequence[int]
 
 
 def feature_indices(

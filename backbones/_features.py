@@ -8,7 +8,8 @@ detectors that read ``feature_info.channels()``) takes ours unchanged.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -10,7 +10,6 @@ keywords to timm); the transformer is 1-2 layers of width 32, the images 64-96 p
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
-import lightning
 import numpy as np
 import pytest
 import torch
@@ -21,6 +19,7 @@ import yaml
 from _coco import write_tiny_coco
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+from test_torchvision_detection import TINY_DETECTOR, TINY_TRUNK, _trainer
 
 from backbones import SEBlock
 from tasks.detection.evaluation import AP_KEYS, coco_ap
@@ -28,23 +27,13 @@ from tasks.detection.lightning import COCODetectionDataModule, DetectionModule, 
 from tasks.detection.torchvision_model import RegistryFPNBackbone, build_detector
 from tasks.detection.tv_cli import main
 
-TINY_TRUNK = {"layers": [1, 1, 1, 1], "base_width": 16}
 # Few candidates and detections; a score threshold of 0 keeps detections of an untrained model,
 # so pycocotools has something to score.
 TINY_HEADS = {
     "retinanet": {"score_thresh": 0.0, "topk_candidates": 50, "detections_per_img": 20},
     # FCOS's heads use GroupNorm(32): 64 FPN channels keep 2 per group on the 1x1 P7 map.
     "fcos": {"score_thresh": 0.0, "topk_candidates": 50, "detections_per_img": 20},
-    "mask_rcnn": {
-        "rpn_pre_nms_top_n_train": 100,
-        "rpn_post_nms_top_n_train": 50,
-        "rpn_pre_nms_top_n_test": 100,
-        "rpn_post_nms_top_n_test": 50,
-        "rpn_batch_size_per_image": 64,
-        "box_batch_size_per_image": 32,
-        "box_score_thresh": 0.0,
-        "box_detections_per_img": 20,
-    },
+    "mask_rcnn": {**TINY_DETECTOR, "box_score_thresh": 0.0, "box_detections_per_img": 20},
 }
 OUT_CHANNELS = {"retinanet": 32, "fcos": 64, "mask_rcnn": 32}
 CONFIGS = sorted(
@@ -67,19 +56,6 @@ def tiny_coco(tmp_path: Path) -> dict[str, str]:
         "val_json": str(val_json),
         "val_images": str(val_images),
     }
-
-
-def _trainer(**kwargs: Any) -> lightning.Trainer:
-    defaults = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-    }
-    return lightning.Trainer(**{**defaults, **kwargs})
 
 
 @pytest.mark.parametrize(

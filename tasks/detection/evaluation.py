@@ -119,7 +119,9 @@ def _plain(detections: list[dict[str, Any]], iou_type: str) -> list[dict[str, An
     if iou_type == "segm":
         missing = sum("segmentation" not in d for d in detections)
         if missing:
-            raise InputError(f"mask AP needs a segmentation in every detection; {missing} have none")
+            raise InputError(
+                f"mask AP needs a segmentation in every detection; {missing} have none"
+            )
     return [_plain_result(d, iou_type) for d in detections]
 
 

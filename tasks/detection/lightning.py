@@ -317,8 +317,8 @@ class COCODetectionDataModule(lightning.LightningDataModule):
             label_of_category, train=split == "train", flip=self.horizontal_flip, masks=self.masks
         )
         base = _IndexedCocoDetection(image_root, _coco_index(document), transforms)
-        target_keys = ("image_id", "boxes", "labels", "iscrowd") + (("masks",) if self.masks else ())
-        dataset = wrap_dataset_for_transforms_v2(base, target_keys=target_keys)
+        keys = ("image_id", "boxes", "labels", "iscrowd") + (("masks",) if self.masks else ())
+        dataset = wrap_dataset_for_transforms_v2(base, target_keys=keys)
         if split != "train":
             self._coco[split] = base.coco
             return dataset

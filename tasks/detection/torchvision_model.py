@@ -217,7 +217,9 @@ class RegistryFPNBackbone(nn.Module):
         if norm not in NORMS:
             raise InputError(f"norm={norm!r} is not supported; expected one of {list(NORMS)}")
         if pyramid not in PYRAMIDS:
-            raise InputError(f"pyramid={pyramid!r} is not supported; expected one of {list(PYRAMIDS)}")
+            raise InputError(
+                f"pyramid={pyramid!r} is not supported; expected one of {list(PYRAMIDS)}"
+            )
         shape = PYRAMIDS[pyramid]
         trunk = _create_trunk(model_name, dict(model_kwargs or {}))
         if weights is not None:
@@ -352,7 +354,9 @@ def build_detector(
         ``masks``, [N, 1, H, W] probabilities, for Mask R-CNN).
     """
     if detector not in DETECTORS:
-        raise InputError(f"detector={detector!r} is not supported; expected one of {list(DETECTORS)}")
+        raise InputError(
+            f"detector={detector!r} is not supported; expected one of {list(DETECTORS)}"
+        )
     if num_classes < 1:
         raise InputError(f"num_classes must be >= 1 (object categories), got {num_classes}")
     backbone = RegistryFPNBackbone(
