@@ -5,10 +5,10 @@ out_indices=(1, 2, 3, 4))`` builds our model and ``timm.list_models("sebench_*")
 so code that finds its trunk through timm (transformers' ``TimmBackbone`` and DETR's
 ``use_timm_backbone``, mmdet's ``TIMMBackbone``, effdet, research scripts) takes ours unchanged.
 
-timm is optional, and importing it costs about 2 s against 0.04 s for ``import backbones``, so
+timm is optional, and importing it costs 2-4 s against 0.01 s for ``import backbones``, so
 importing ``backbones`` never imports timm: where timm is already imported the models register at
-once, otherwise a one-shot import hook registers them right after timm's own import (timm has no
-plug-in entry points for models). Registration builds nothing; it takes about 10 ms.
+once, otherwise an import hook registers them right after timm's own import and removes itself
+(timm has no plug-in entry points for models). Registration builds nothing; it takes a few ms.
 
 The entrypoints honour what timm's callers pass: ``pretrained`` (False only; the registry has no
 weights of its own to download), ``pretrained_cfg`` (a tag, "cifar10" or "cifar100" for the CIFAR
@@ -50,9 +50,6 @@ PREFIX = "sebench_"
 # Filled when the models register: timm's register_model reads the cfgs of an entrypoint's
 # module from its `default_cfgs`.
 default_cfgs: dict[str, Any] = {}
-# timm keywords the entrypoints translate before calling create_model.
-TIMM_KWARGS = ("global_pool", "drop_path_rate", "drop_block_rate", "output_stride", "device",
-               "dtype")
 NO_DILATION = 32
 _registered = False
 
@@ -204,8 +201,12 @@ def register_with_timm() -> None:
     default_cfgs.update(
         generate_default_cfgs({k: v for name in list_models() for k, v in _cfgs(name).items()})
     )
+    module = sys.modules[__name__]
     for name in list_models():
-        register_model(_entrypoint(name))
+        entrypoint = _entrypoint(name)
+        # timm lists each name in the module's __all__: make it a module attribute too.
+        setattr(module, entrypoint.__name__, entrypoint)
+        register_model(entrypoint)
     _suggest_close_matches()
     _registered = True
 
