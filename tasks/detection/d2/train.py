@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     """detectron2's ``default_argument_parser`` plus the data-by-path options."""
     parser = default_argument_parser(epilog=EPILOG)
     parser.prog = "sebench detect {train,eval}"
-    parser.description = "Faster R-CNN (C4/FPN) with registry trunks on COCO, with detectron2."
+    parser.description = (
+        "Faster R-CNN (C4/FPN), RetinaNet and Mask R-CNN with registry trunks on COCO, with "
+        "detectron2."
+    )
     group = parser.add_argument_group("data given by path (instead of DATASETS.TRAIN/TEST)")
     for split in ("train", "val"):
         group.add_argument(f"--{split}-json", metavar="JSON", help=f"COCO instances file ({split})")
