@@ -11,6 +11,10 @@ from . import (  # noqa: F401  (families register their models on import)
     vgg,
     wide_resnet,
 )
+
+# isort: split
+# After the families: registers them with timm (now if timm is imported, else when it is).
+from . import timm_bridge  # noqa: F401
 from ._base import Backbone
 from ._builder import accepted_kwargs, create_model, format_kwargs, parse_kwargs
 from ._features import FeatureInfo, FeatureListNet

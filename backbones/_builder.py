@@ -12,6 +12,7 @@ from torch import nn
 
 from ._base import Backbone
 from ._features import FeatureListNet
+from ._pretrained_cfg import features_cfg, pretrained_cfg
 from ._registry import model_entrypoint
 from .errors import InputError
 from .layers.se import SEConfig
@@ -80,9 +81,13 @@ def build_model(
     args["se"] = _se_config(model_cls, args, name)
     model = model_cls(**args)
     model.model_name = name
+    model.pretrained_cfg = model.default_cfg = pretrained_cfg(
+        model_cls, name, in_chans=args.get("in_chans", 3)
+    )
     if features_only:
         feature_net = FeatureListNet(model, out_indices)
         feature_net.model_name = name
+        feature_net.pretrained_cfg = feature_net.default_cfg = features_cfg(model.pretrained_cfg)
         return feature_net
     return model
 
@@ -98,7 +103,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
     Returns:
         The model, or with ``features_only=True`` a module returning a list of feature maps
-        described by its ``feature_info``.
+        described by its ``feature_info``. Both carry timm's ``pretrained_cfg`` (alias
+        ``default_cfg``): input size, interpolation, crop, mean and std of the model's recipe.
 
     Raises:
         ValueError: unknown name or keyword (with close matches), or an invalid SE knob.

@@ -44,6 +44,11 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(fnmatch.filter(_entrypoints, pattern))
 
 
+def model_families() -> list[str]:
+    """Class names of the registered model families, sorted."""
+    return sorted({cls.__name__ for cls in _model_classes.values()})
+
+
 def is_model(name: str) -> bool:
     return name in _entrypoints
 

@@ -17,11 +17,13 @@ LIGHTNING_COMMANDS = {
 }
 OWN_PARSER_COMMANDS = {
     "detect": (
-        "detectron2 Faster R-CNN on COCO: sebench detect train|eval --config-file configs/coco/...",
+        "detectron2 Faster R-CNN, RetinaNet, Mask R-CNN on COCO: sebench detect train|eval "
+        "--config-file configs/coco/...",
         "tasks.detection.d2.train",
     ),
     "tv-detect": (
-        "torchvision Faster R-CNN on COCO with Lightning: sebench tv-detect fit|validate|test "
+        "torchvision Faster/Mask R-CNN, RetinaNet, FCOS on COCO with Lightning: sebench "
+        "tv-detect fit|validate|test "
         "--config configs/coco/tv_...yaml",
         "tasks.detection.tv_cli",
     ),

@@ -10,6 +10,7 @@ Layout under ``root``; detectron2's ``$DETECTRON2_DATASETS/coco`` layout when ro
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -21,6 +22,9 @@ __all__ = ["CATEGORY_COLOURS", "write_tiny_coco"]
 # missing id <-> label mapping shows up as wrong labels.
 CATEGORY_COLOURS = [(230, 30, 30), (30, 200, 30), (30, 60, 230), (240, 220, 20), (200, 30, 200)]
 BACKGROUND = (128, 128, 128)
+SHAPES = ("rectangle", "ellipse")
+# Vertices of an ellipse's polygon: a multiple of 4 puts one on each side of its box.
+ELLIPSE_VERTICES = 16
 
 
 def _category_id(index: int) -> int:
@@ -36,6 +40,23 @@ def _random_box(rng: random.Random, width: int, height: int) -> list[float]:
     return [float(x), float(y), float(box_w), float(box_h)]
 
 
+def _outline(shape: str, x: float, y: float, w: float, h: float) -> list[float]:
+    """The polygon of a shape inside box (x, y, w, h), as COCO's flat [x1, y1, x2, y2, ...]."""
+    if shape == "rectangle":
+        return [x, y, x + w, y, x + w, y + h, x, y + h]
+    points = []
+    for k in range(ELLIPSE_VERTICES):
+        angle = 2 * math.pi * k / ELLIPSE_VERTICES
+        points += [round(x + w / 2 * (1 + math.cos(angle)), 2),
+                   round(y + h / 2 * (1 + math.sin(angle)), 2)]
+    return points
+
+
+def _polygon_area(flat: list[float]) -> float:
+    xs, ys = flat[0::2], flat[1::2]
+    return abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs)))) / 2
+
+
 def write_tiny_coco(
     root: Path,
     *,
@@ -44,11 +65,13 @@ def write_tiny_coco(
     num_categories: int = 2,
     seed: int = 0,
     split: str = "train",
+    shape: str = "rectangle",
 ) -> tuple[Path, Path]:
-    """Write ``num_images`` JPEGs with coloured rectangles and their COCO instances JSON.
+    """Write ``num_images`` JPEGs with coloured shapes and their COCO instances JSON.
 
-    Each image holds one or two filled rectangles; the category is the colour. Every box has a
-    polygon segmentation (its outline), ``iscrowd`` 0 and its area.
+    Each image holds one or two filled shapes; the category is the colour. Every object has a
+    polygon segmentation (its outline), ``iscrowd`` 0, its box and its area (the polygon's for
+    ellipses, so mask AP and box AP differ).
 
     Args:
         root (Path): dataset root; created if missing.
@@ -57,12 +80,15 @@ def write_tiny_coco(
         num_categories (int): categories, at most ``len(CATEGORY_COLOURS)`` (2); ids 1, 3, 5, ...
         seed (int): seed of the box positions (0).
         split (str): "train", "val", ...: the image folder is ``<split>2017`` ("train").
+        shape (str): "rectangle" (the box itself) or "ellipse" (a 16-gon inside the box).
 
     Returns:
         (json_path, image_dir).
     """
     if not 1 <= num_categories <= len(CATEGORY_COLOURS):
         raise ValueError(f"num_categories must be 1..{len(CATEGORY_COLOURS)}, got {num_categories}")
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
     root = Path(root)
     image_dir = root / f"{split}2017"
     json_path = root / "annotations" / f"instances_{split}2017.json"
@@ -78,17 +104,21 @@ def write_tiny_coco(
         for _ in range(rng.randint(1, 2)):
             index = rng.randrange(num_categories)
             x, y, w, h = _random_box(rng, width, height)
-            # PIL's rectangle includes its end pixel: x + w - 1 keeps the drawn box w wide.
-            draw.rectangle([x, y, x + w - 1, y + h - 1], fill=CATEGORY_COLOURS[index])
+            outline = _outline(shape, x, y, w, h)
+            if shape == "rectangle":
+                # PIL's rectangle includes its end pixel: x + w - 1 keeps the drawn box w wide.
+                draw.rectangle([x, y, x + w - 1, y + h - 1], fill=CATEGORY_COLOURS[index])
+            else:
+                draw.polygon(outline, fill=CATEGORY_COLOURS[index])
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
                     "category_id": _category_id(index),
                     "bbox": [x, y, w, h],
-                    "area": w * h,
+                    "area": w * h if shape == "rectangle" else _polygon_area(outline),
                     "iscrowd": 0,
-                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+                    "segmentation": [outline],
                 }
             )
         image.save(image_dir / file_name, quality=95)

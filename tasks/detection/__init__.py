@@ -1,4 +1,5 @@
-"""COCO detection with registry trunks: detectron2 Faster R-CNN (C4 and FPN) and torchvision's.
+"""COCO detection with registry trunks: detectron2's Faster R-CNN (C4 and FPN), RetinaNet and
+Mask R-CNN, and torchvision's Faster R-CNN, Mask R-CNN, RetinaNet and FCOS.
 
 ``import tasks.detection`` registers the detectron2 backbones and ROI heads in detectron2's own
 registries where detectron2 is importable; without it the torchvision path still imports.

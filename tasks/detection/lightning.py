@@ -1,9 +1,10 @@
-"""COCO detection with torchvision's Faster R-CNN on registry trunks, in Lightning.
+"""COCO detection with torchvision's detectors on registry trunks, in Lightning.
 
 ``COCODetectionDataModule`` reads COCO 2017 (or any COCO-format instances file) with
-torchvision's ``CocoDetection`` wrapped for the v2 transforms; ``DetectionModule`` trains
-``build_faster_rcnn``'s detector with SGD, linear warm-up and step decay (detectron2's recipe)
-and evaluates box AP with pycocotools on the gathered detections of every process. Mixed
+torchvision's ``CocoDetection`` wrapped for the v2 transforms (instance masks too, for Mask
+R-CNN); ``DetectionModule`` trains ``build_detector``'s Faster R-CNN, Mask R-CNN, RetinaNet or
+FCOS with SGD, linear warm-up and step decay (detectron2's recipe) and evaluates box AP (and mask
+AP for Mask R-CNN) with pycocotools on the gathered detections of every process. Mixed
 precision and DDP come from the Trainer's flags (``precision="bf16-mixed"``,
 ``devices=8, strategy="ddp"``).
 """
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning
+import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import tv_tensors
@@ -32,8 +35,8 @@ from tasks._lightning import stop_if_not_finite
 from tasks.classification.module import lr_factor
 
 from .coco import COCOFormatError, COCOSummary, check_coco, load_coco
-from .evaluation import AP_KEYS, coco_box_ap
-from .torchvision_model import build_faster_rcnn
+from .evaluation import AP_KEYS, coco_ap
+from .torchvision_model import DETECTORS, build_detector
 
 __all__ = [
     "COCODetectionDataModule",
@@ -66,11 +69,12 @@ def detections_to_coco(
         category_ids (Sequence[int]): COCO category id of each label, ``category_ids[label - 1]``.
 
     Returns:
-        ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` per detection.
+        ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` per detection, plus
+        ``"segmentation"`` (the mask above 0.5 as COCO's RLE) where the output has ``masks``.
     """
     boxes = output["boxes"].detach().float().cpu().clone()
     boxes[:, 2:] -= boxes[:, :2]
-    return [
+    detections = [
         {
             "image_id": int(image_id),
             "category_id": int(category_ids[int(label) - 1]),
@@ -81,20 +85,44 @@ def detections_to_coco(
             boxes.tolist(), output["labels"].tolist(), output["scores"].float().tolist()
         )
     ]
+    if "masks" in output:
+        for detection, rle in zip(detections, masks_to_rle(output["masks"]), strict=True):
+            detection["segmentation"] = rle
+    return detections
+
+
+def masks_to_rle(masks: torch.Tensor, threshold: float = 0.5) -> list[dict[str, Any]]:
+    """Mask R-CNN's [N, 1, H, W] mask probabilities as COCO run-length encodings.
+
+    Args:
+        masks (torch.Tensor): per-detection probabilities in original image pixels.
+        threshold (float): the probability above which a pixel is in the mask (0.5, as
+            torchvision's and detectron2's evaluation).
+
+    Returns:
+        ``{"size": [H, W], "counts": str}`` per mask (str counts: JSON- and pickle-friendly).
+    """
+    binary = (masks.detach()[:, 0] > threshold).to(torch.uint8).cpu().numpy()
+    if len(binary) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    return [{"size": rle["size"], "counts": rle["counts"].decode("ascii")} for rle in rles]
 
 
 class COCOTargets:
     """Turn a wrapped COCO target into the detector's: contiguous labels, no crowd or empty boxes.
 
     Crowd regions (``iscrowd`` 1) are not trained on, as in detectron2; boxes with a
-    non-positive width or height are dropped (``check_coco`` counted them).
+    non-positive width or height are dropped (``check_coco`` counted them), with their masks.
 
     Args:
         label_of_category (dict[int, int]): COCO category id -> label 1..K.
+        masks (bool): the targets carry instance ``masks`` ([N, H, W] uint8) (False).
     """
 
-    def __init__(self, label_of_category: dict[int, int]) -> None:
+    def __init__(self, label_of_category: dict[int, int], masks: bool = False) -> None:
         self.label_of_category = dict(label_of_category)
+        self.masks = masks
 
     def __call__(self, image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         if "boxes" not in target:  # an image without annotations
@@ -102,27 +130,35 @@ class COCOTargets:
             boxes = tv_tensors.BoundingBoxes(
                 torch.zeros(0, 4), format="XYXY", canvas_size=(height, width)
             )
-            return image, {
+            empty = {
                 "image_id": target["image_id"],
                 "boxes": boxes,
                 "labels": torch.zeros(0, dtype=torch.int64),
             }
+            if self.masks:
+                empty["masks"] = tv_tensors.Mask(torch.zeros(0, height, width, dtype=torch.uint8))
+            return image, empty
         boxes = target["boxes"]
         crowd = torch.as_tensor(target.get("iscrowd", [0] * len(boxes)), dtype=torch.bool)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & ~crowd
         labels = torch.tensor(
             [self.label_of_category[int(c)] for c in target["labels"]], dtype=torch.int64
         )
-        return image, {
+        kept = {
             "image_id": target["image_id"],
             "boxes": tv_tensors.wrap(boxes[keep], like=boxes),
             "labels": labels[keep],
         }
+        if self.masks:
+            kept["masks"] = tv_tensors.wrap(target["masks"][keep], like=target["masks"])
+        return image, kept
 
 
-def _transforms(label_of_category: dict[int, int], *, train: bool, flip: float) -> v2.Compose:
+def _transforms(
+    label_of_category: dict[int, int], *, train: bool, flip: float, masks: bool
+) -> v2.Compose:
     steps: list[Any] = [
-        COCOTargets(label_of_category),
+        COCOTargets(label_of_category, masks),
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
     ]
@@ -157,7 +193,8 @@ class COCODetectionDataModule(lightning.LightningDataModule):
     detectron2's ``FILTER_EMPTY_ANNOTATIONS``. Evaluation keeps every image.
 
     Batches are ``(list of float [3, H, W] images in [0, 1], list of targets)``, targets holding
-    ``image_id``, ``boxes`` (XYXY, pixels) and ``labels``.
+    ``image_id``, ``boxes`` (XYXY, pixels), ``labels`` and, with ``masks``, the instance
+    ``masks`` ([N, H, W] uint8, from each annotation's polygons or RLE).
 
     Args:
         train_json (str): training instances JSON ("datasets/coco/annotations/
@@ -175,6 +212,8 @@ class COCODetectionDataModule(lightning.LightningDataModule):
         horizontal_flip (float): probability of flipping a training image (0.5).
         keep_empty_train_images (bool): train on images without boxes too (False).
         check_files (bool): check that every image file exists in ``setup`` (True).
+        masks (bool): load instance masks for Mask R-CNN; every annotation then needs a
+            ``segmentation`` (False; ``sebench tv-detect`` sets it from ``model.detector``).
     """
 
     dataset_name = "coco"
@@ -194,6 +233,7 @@ class COCODetectionDataModule(lightning.LightningDataModule):
         horizontal_flip: float = 0.5,
         keep_empty_train_images: bool = False,
         check_files: bool = True,
+        masks: bool = False,
     ) -> None:
         super().__init__()
         for key, value, low in (
@@ -214,6 +254,7 @@ class COCODetectionDataModule(lightning.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.horizontal_flip = num_workers, horizontal_flip
         self.keep_empty_train_images, self.check_files = keep_empty_train_images, check_files
+        self.masks = masks
         self._categories: dict[int, str] | None = None
         # Each JSON is parsed once per process (COCO's train file takes seconds and GBs): the
         # same dict serves the categories, the checks and the pycocotools index.
@@ -269,14 +310,15 @@ class COCODetectionDataModule(lightning.LightningDataModule):
         json_file, image_root = self.splits[split]
         document = self._document(json_file)
         summary = self._check(split, json_file, image_root, document)
+        if self.masks:
+            _check_segmentations(json_file, document)
         label_of_category = {c: i + 1 for i, c in enumerate(self.category_ids)}
         transforms = _transforms(
-            label_of_category, train=split == "train", flip=self.horizontal_flip
+            label_of_category, train=split == "train", flip=self.horizontal_flip, masks=self.masks
         )
         base = _IndexedCocoDetection(image_root, _coco_index(document), transforms)
-        dataset = wrap_dataset_for_transforms_v2(
-            base, target_keys=("image_id", "boxes", "labels", "iscrowd")
-        )
+        keys = ("image_id", "boxes", "labels", "iscrowd") + (("masks",) if self.masks else ())
+        dataset = wrap_dataset_for_transforms_v2(base, target_keys=keys)
         if split != "train":
             self._coco[split] = base.coco
             return dataset
@@ -344,6 +386,16 @@ def _categories(json_file: Path, document: dict[str, Any]) -> dict[int, str]:
         raise COCOFormatError(f"{json_file}: cannot read its categories ({err!r})") from err
 
 
+def _check_segmentations(json_file: Path, document: dict[str, Any]) -> None:
+    missing = [a.get("id") for a in document.get("annotations", []) if not a.get("segmentation")]
+    if missing:
+        shown = f"{missing[:10]}{' ...' if len(missing) > 10 else ''}"
+        raise COCOFormatError(
+            f"{json_file}: {len(missing)} annotations have no segmentation (ids {shown}); "
+            "instance masks (data.masks, Mask R-CNN) need polygons or RLE for every annotation"
+        )
+
+
 def _coco_index(document: dict[str, Any]) -> COCO:
     """A pycocotools index over an already-parsed document (``COCO(path)`` would parse again)."""
     coco = COCO()
@@ -371,7 +423,11 @@ def _quiet() -> Any:
 
 
 class DetectionModule(lightning.LightningModule):
-    """Faster R-CNN with FPN on a registry trunk; reports COCO box AP in percent.
+    """A torchvision detector with FPN on a registry trunk; reports COCO box AP in percent.
+
+    ``detector`` picks Faster R-CNN (the default), Mask R-CNN, RetinaNet or FCOS
+    (``build_detector``). Mask R-CNN trains on the data's instance masks
+    (``COCODetectionDataModule(masks=True)``) and reports mask AP beside box AP.
 
     Optimisation follows detectron2's: SGD with momentum and weight decay on the trainable
     parameters, a linear warm-up from ``warmup_factor * lr``, then the rate times ``gamma`` at
@@ -381,21 +437,23 @@ class DetectionModule(lightning.LightningModule):
     Validation and test collect the detections of each process in COCO format (XYWH boxes in
     original image pixels, COCO category ids), gather them across processes, evaluate them with
     pycocotools on rank 0 and log ``<stage>/AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``
-    with the same values on every rank. The last result is ``last_ap``, over
-    ``last_num_images`` images, for the weights after ``last_ap_step`` optimizer steps.
+    with the same values on every rank (mask AP as ``<stage>/segm_AP``, ...). The last result
+    is ``last_ap`` (``last_segm_ap``), over ``last_num_images`` images, for the weights after
+    ``last_ap_step`` optimizer steps.
 
     Args:
         model_name (str): registry trunk ("se_resnet50").
         model_kwargs (dict[str, Any] | None): extra ``backbones.create_model`` keywords
             (None: none).
         num_classes (int): object categories, background excluded; linked from the data (80).
+        detector (str): "faster_rcnn", "mask_rcnn", "retinanet" or "fcos" ("faster_rcnn").
         trainable_stages (int | None): trunk levels trained from the deepest (3; None: all).
         norm (str): "frozen_bn", "bn" or "syncbn" ("frozen_bn").
         weights (str | None): registry checkpoint that initialises the trunk (None: random).
         out_channels (int): FPN channels (256).
         min_size (int | Sequence[int]): shorter image side; a list trains multi-scale (800).
         max_size (int): longer side cap (1333).
-        detector_kwargs (dict[str, Any] | None): further torchvision ``FasterRCNN`` arguments.
+        detector_kwargs (dict[str, Any] | None): further arguments of the torchvision detector.
         lr (float): base learning rate (0.02: detectron2's for 16 images per step).
         momentum (float): SGD momentum (0.9).
         weight_decay (float): L2 weight decay (1e-4).
@@ -412,6 +470,7 @@ class DetectionModule(lightning.LightningModule):
         model_kwargs: dict[str, Any] | None = None,
         num_classes: int = 80,
         *,
+        detector: Literal["faster_rcnn", "mask_rcnn", "retinanet", "fcos"] = "faster_rcnn",
         trainable_stages: int | None = 3,
         norm: Literal["frozen_bn", "bn", "syncbn"] = "frozen_bn",
         weights: str | None = None,
@@ -439,12 +498,18 @@ class DetectionModule(lightning.LightningModule):
                 f"warmup_steps={warmup_steps} must be >= 0 and warmup_factor={warmup_factor} "
                 "in (0, 1]"
             )
+        if detector not in DETECTORS:
+            raise InputError(
+                f"model.detector={detector!r} is not supported; expected one of {list(DETECTORS)}"
+            )
         model_kwargs = dict(model_kwargs or {})
         detector_kwargs = dict(detector_kwargs or {})
         if not isinstance(min_size, int):
             min_size = [int(s) for s in min_size]
         self.save_hyperparameters()
-        self.model = build_faster_rcnn(
+        self.with_masks = detector == "mask_rcnn"
+        self.model = build_detector(
+            detector,
             model_name,
             num_classes,
             model_kwargs=model_kwargs,
@@ -457,6 +522,7 @@ class DetectionModule(lightning.LightningModule):
             detector_kwargs=detector_kwargs,
         )
         self.last_ap: dict[str, float] = {}
+        self.last_segm_ap: dict[str, float] = {}
         self.last_num_images = 0
         # Optimizer steps behind the weights; read back from a checkpoint for validate/test.
         self.trained_steps = 0
@@ -466,9 +532,18 @@ class DetectionModule(lightning.LightningModule):
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return self.model(images)
 
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.with_masks and datamodule is not None and not getattr(datamodule, "masks", True):
+            raise InputError(
+                "model.detector mask_rcnn trains on instance masks: load them with "
+                "COCODetectionDataModule(masks=True) (sebench tv-detect sets it)"
+            )
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+        keys = ("boxes", "labels", "masks") if self.with_masks else ("boxes", "labels")
+        targets = [{key: t[key] for key in keys} for t in targets]
         losses = self.model(images, targets)
         # Float32 sum: under bf16 autocast the parts come back in low precision.
         loss = sum(value.float() for value in losses.values())
@@ -532,18 +607,23 @@ class DetectionModule(lightning.LightningModule):
             return
         detections = _merge(_all_gather(self._detections))
         self._detections = {}
+        iou_types = ("bbox", "segm") if self.with_masks else ("bbox",)
         ap = None
         if self.global_rank == 0:
             gt = self.trainer.datamodule.coco_gt(stage)
             flat = [d for per_image in detections.values() for d in per_image]
             # Only the images this run saw: limit_val_batches must not count the rest as missed.
-            ap = coco_box_ap(gt, flat, image_ids=list(detections))
+            ap = {t: coco_ap(gt, flat, iou_type=t, image_ids=list(detections)) for t in iou_types}
         ap = _broadcast(ap)
-        self.last_ap = dict(ap)
+        self.last_ap = dict(ap["bbox"])
+        self.last_segm_ap = dict(ap.get("segm", {}))
         self.last_num_images = len(detections)
         self.last_ap_step = self.trained_steps
         for key in AP_KEYS:
-            self.log(f"{stage}/{key}", ap[key], prog_bar=key in ("AP", "AP50"), sync_dist=True)
+            self.log(f"{stage}/{key}", ap["bbox"][key], prog_bar=key in ("AP", "AP50"),
+                     sync_dist=True)
+            if self.with_masks:
+                self.log(f"{stage}/segm_{key}", ap["segm"][key], sync_dist=True)
 
     # -- optimisation -------------------------------------------------------------------------
 

@@ -11,9 +11,12 @@ PAPER_TABLE7: dict[str, dict[str, float]] = {
 }
 
 
-def paper_line(model_name: str, ap: dict[str, float], *, label: str = "") -> str:
-    """One markdown table row: our AP / AP50 beside the paper's, or "-" where it has none."""
-    paper = PAPER_TABLE7.get(model_name)
+def paper_line(
+    model_name: str, ap: dict[str, float], *, label: str = "", compare: bool = True
+) -> str:
+    """One markdown table row: our AP / AP50 beside the paper's, or "-" where it has none (or
+    ``compare`` is False: the figures are Faster R-CNN's)."""
+    paper = PAPER_TABLE7.get(model_name) if compare else None
     ours = f"{ap.get('AP', float('nan')):.1f} | {ap.get('AP50', float('nan')):.1f}"
     if paper is None:
         theirs, delta = "- | -", "-"

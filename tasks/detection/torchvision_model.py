@@ -1,10 +1,15 @@
-"""torchvision's Faster R-CNN with FPN on any registry trunk that offers ``features_only``.
+"""torchvision's detectors with FPN on any registry trunk that offers ``features_only``.
 
 Lin et al., "Feature Pyramid Networks for Object Detection" (arXiv:1612.03144); Ren et al.,
-"Faster R-CNN" (arXiv:1506.01497). The trunk is ``backbones.create_model(name,
-features_only=True)``; the last feature map of each stride from 4 to 32 feeds torchvision's
-``FeaturePyramidNetwork`` with an extra max-pooled level (stride 64), so a ResNet gives the five
-levels P2..P6 of detectron2's and torchvision's R50-FPN.
+"Faster R-CNN" (arXiv:1506.01497); He et al., "Mask R-CNN" (arXiv:1703.06870); Lin et al.,
+"Focal Loss for Dense Object Detection" (RetinaNet, arXiv:1708.02002); Tian et al., "FCOS"
+(arXiv:1904.01355). The trunk is ``backbones.create_model(name, features_only=True)``; the last
+feature map of each stride feeds torchvision's ``FeaturePyramidNetwork``. Two pyramids, as in
+detectron2's and torchvision's R50-FPN models:
+
+- "p2-p6" (Faster and Mask R-CNN): strides 4 to 32 plus a max-pooled P6 (stride 64);
+- "p3-p7" (RetinaNet): strides 8 to 32 plus P6 and P7 by stride-2 convs from C5 (the trunk's
+  last map); "p3-p7-p5" (FCOS): the same with P6 computed from P5.
 
 As detectron2 does for ImageNet-initialised trunks, batch norm is frozen by default (statistics
 and affine parameters become constants: detection batches of 2 images per GPU are too small to
@@ -15,15 +20,20 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScaleRoIAlign
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import (
+    ExtraFPNBlock,
+    LastLevelMaxPool,
+    LastLevelP6P7,
+)
 
 import backbones
 from backbones.constants import IMAGENET_MEAN, IMAGENET_STD
@@ -31,18 +41,49 @@ from backbones.errors import InputError
 from backbones.weights.checkpoint import check_state_dict, read_checkpoint
 
 __all__ = [
+    "DETECTORS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "NORMS",
+    "PYRAMIDS",
     "RegistryFPNBackbone",
+    "build_detector",
     "build_faster_rcnn",
     "freeze_batchnorm",
     "load_trunk_weights",
 ]
 
 NORMS = ("frozen_bn", "bn", "syncbn")
-# Feature maps finer than stride 4 (a stem's stride-2 output) are too large for an FPN level.
-MIN_FPN_REDUCTION = 4
+
+
+@dataclass(frozen=True)
+class Pyramid:
+    """Which trunk maps an FPN takes and how it adds coarser levels.
+
+    Attributes:
+        min_stride: the finest trunk stride with a level (maps finer than stride 4, a stem's
+            stride-2 output, are too large for one).
+        extra: "pool" (one max-pooled level) or "p6p7" (two stride-2 3x3 convs).
+        p6_from: input of the first "p6p7" conv, "C5" (the trunk's last map) or "P5".
+    """
+
+    min_stride: int
+    extra: Literal["pool", "p6p7"]
+    p6_from: Literal["C5", "P5"] = "C5"
+
+
+PYRAMIDS = {
+    "p2-p6": Pyramid(4, "pool"),
+    "p3-p7": Pyramid(8, "p6p7", "C5"),
+    "p3-p7-p5": Pyramid(8, "p6p7", "P5"),
+}
+# Each detector's pyramid, as in its paper, detectron2 and torchvision.
+DETECTORS = {
+    "faster_rcnn": "p2-p6",
+    "mask_rcnn": "p2-p6",
+    "retinanet": "p3-p7",
+    "fcos": "p3-p7-p5",
+}
 # The head modules of a registry classifier, dropped from a classification checkpoint.
 HEAD_PREFIXES = ("fc.", "global_pool.", "head_drop.")
 
@@ -102,17 +143,18 @@ def load_trunk_weights(trunk: nn.Module, path: str | Path) -> list[str]:
     return head
 
 
-def _fpn_levels(feature_info: Any, model_name: str) -> list[int]:
-    """Indices of the last feature map of each stride >= 4, in order of stride."""
+def _fpn_levels(feature_info: Any, model_name: str, min_stride: int) -> list[int]:
+    """Indices of the last feature map of each stride >= ``min_stride``, in order of stride."""
     last_of_stride: dict[int, int] = {}
     for index, reduction in enumerate(feature_info.reduction()):
-        if reduction >= MIN_FPN_REDUCTION:
+        if reduction >= min_stride:
             last_of_stride[reduction] = index
     if len(last_of_stride) < 2:
         raise InputError(
-            f"{model_name} has feature strides {feature_info.reduction()}: an FPN needs at least "
-            f"two feature maps of stride >= {MIN_FPN_REDUCTION} (an ImageNet-style trunk such as "
-            "resnet50 or se_resnet50, not a CIFAR one)"
+            f"{model_name} has feature strides {feature_info.reduction()}: this pyramid needs "
+            f"at least two feature maps of stride >= {min_stride} (an ImageNet-style trunk: "
+            "ResNet, ResNeXt, SENet-154, VGG, MobileNet, ShuffleNet, BN-Inception, "
+            "Inception-ResNet-v2; not a CIFAR one)"
         )
     return [last_of_stride[r] for r in sorted(last_of_stride)]
 
@@ -139,7 +181,8 @@ class RegistryFPNBackbone(nn.Module):
     """A registry trunk and a feature pyramid, as torchvision's detection models expect.
 
     ``forward`` returns an ``OrderedDict`` of ``out_channels``-wide maps named "0", "1", ...
-    (strides 4, 8, 16, 32 for a ResNet) plus "pool" (stride 64).
+    (strides 4, 8, 16, 32 for a ResNet) plus "pool" (stride 64) for the "p2-p6" pyramid; "0",
+    "1", "2" (strides 8, 16, 32) plus "p6" and "p7" (64, 128) for "p3-p7" and "p3-p7-p5".
 
     Args:
         model_name (str): a registry name with ImageNet-style strides, e.g. "se_resnet50".
@@ -156,6 +199,7 @@ class RegistryFPNBackbone(nn.Module):
         weights (str | Path | None): a registry state dict or ``sebench fit`` checkpoint of the
             same model to initialise the trunk; the classifier head is dropped, other keys must
             match exactly (None: random initialisation).
+        pyramid (str): "p2-p6", "p3-p7" or "p3-p7-p5" (see the module's docstring; "p2-p6").
     """
 
     def __init__(
@@ -167,14 +211,20 @@ class RegistryFPNBackbone(nn.Module):
         trainable_stages: int | None = 3,
         norm: Literal["frozen_bn", "bn", "syncbn"] = "frozen_bn",
         weights: str | Path | None = None,
+        pyramid: Literal["p2-p6", "p3-p7", "p3-p7-p5"] = "p2-p6",
     ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise InputError(f"norm={norm!r} is not supported; expected one of {list(NORMS)}")
+        if pyramid not in PYRAMIDS:
+            raise InputError(
+                f"pyramid={pyramid!r} is not supported; expected one of {list(PYRAMIDS)}"
+            )
+        shape = PYRAMIDS[pyramid]
         trunk = _create_trunk(model_name, dict(model_kwargs or {}))
         if weights is not None:
             load_trunk_weights(trunk, weights)
-        self.levels = _fpn_levels(trunk.feature_info, model_name)
+        self.levels = _fpn_levels(trunk.feature_info, model_name, shape.min_stride)
         self.level_groups = _level_groups(trunk)
         self.frozen_children = _frozen_children(self.level_groups, trainable_stages, model_name)
         self.norm = norm
@@ -189,17 +239,20 @@ class RegistryFPNBackbone(nn.Module):
         channels = trunk.feature_info.channels()
         reductions = trunk.feature_info.reduction()
         self.in_channels = [channels[i] for i in self.levels]
-        # The stride of each output map, the max-pooled extra level last.
-        self.strides = [reductions[i] for i in self.levels] + [2 * reductions[self.levels[-1]]]
-        self.fpn = FeaturePyramidNetwork(
-            self.in_channels, out_channels, extra_blocks=LastLevelMaxPool()
-        )
+        extra = _extra_levels(shape, self.in_channels[-1], out_channels)
+        # The stride of each output map, the extra levels last.
+        top = reductions[self.levels[-1]]
+        extra_strides = [2 * top] if shape.extra == "pool" else [2 * top, 4 * top]
+        self.strides = [reductions[i] for i in self.levels] + extra_strides
+        self.fpn = FeaturePyramidNetwork(self.in_channels, out_channels, extra_blocks=extra)
         self.out_channels = out_channels
+        self.pyramid = pyramid
         self.train()
 
     @property
     def feature_names(self) -> list[str]:
-        """Names of the FPN maps the ROI heads pool from (the "pool" level is RPN-only)."""
+        """Names of the trunk levels' FPN maps: the ROI heads pool from these (the extra levels
+        are the RPN's)."""
         return [str(i) for i in range(len(self.levels))]
 
     def train(self, mode: bool = True) -> RegistryFPNBackbone:
@@ -214,6 +267,19 @@ class RegistryFPNBackbone(nn.Module):
         features = self.trunk(x)
         selected = OrderedDict((str(j), features[i]) for j, i in enumerate(self.levels))
         return self.fpn(selected)
+
+
+def _extra_levels(shape: Pyramid, c5_channels: int, out_channels: int) -> ExtraFPNBlock:
+    if shape.extra == "pool":
+        return LastLevelMaxPool()
+    # torchvision's block convolves P5 when its input and output widths are equal, else C5.
+    in_channels = c5_channels if shape.p6_from == "C5" else out_channels
+    if shape.p6_from == "C5" and c5_channels == out_channels:
+        raise InputError(
+            f"P6 from C5 needs a last trunk map wider or narrower than the FPN "
+            f"({out_channels} channels both); change out_channels"
+        )
+    return LastLevelP6P7(in_channels, out_channels)
 
 
 def _level_groups(trunk: nn.Module) -> list[list[str]]:
@@ -243,7 +309,8 @@ def _frozen_children(
     return [name for group in frozen for name in group]
 
 
-def build_faster_rcnn(
+def build_detector(
+    detector: str,
     model_name: str,
     num_classes: int,
     *,
@@ -257,29 +324,39 @@ def build_faster_rcnn(
     image_mean: Sequence[float] = IMAGENET_MEAN,
     image_std: Sequence[float] = IMAGENET_STD,
     detector_kwargs: dict[str, Any] | None = None,
-) -> FasterRCNN:
-    """torchvision's ``FasterRCNN`` on a ``RegistryFPNBackbone``.
+) -> nn.Module:
+    """A torchvision detector on a ``RegistryFPNBackbone`` with the detector's own pyramid.
 
-    Anchors: one size per level, 8x its stride (32..512 px for strides 4..64), aspect ratios
-    0.5, 1 and 2, as in torchvision's and detectron2's R50-FPN.
+    - "faster_rcnn" (``FasterRCNN``) and "mask_rcnn" (``MaskRCNN``, 14x14 mask pooling): the
+      "p2-p6" pyramid; one anchor size per level, 8x its stride (32..512 px for strides
+      4..64), aspect ratios 0.5, 1 and 2, as torchvision's and detectron2's R50-FPN.
+    - "retinanet" (``RetinaNet``): "p3-p7"; anchors 4x the stride at three scales (x1, x2^(1/3),
+      x2^(2/3)) and the same three ratios (32..813 px for strides 8..128), as the paper.
+    - "fcos" (``FCOS``): "p3-p7-p5"; one point per location (an anchor of the stride's size).
 
     Args:
+        detector (str): one of ``DETECTORS``.
         model_name (str): registry trunk, e.g. "se_resnet50".
         num_classes (int): object categories, background excluded (80 for COCO); labels are
-            1..num_classes, 0 is background.
+            1..num_classes, 0 is background (torchvision counts it for every detector).
         model_kwargs, out_channels, trainable_stages, norm, weights: see ``RegistryFPNBackbone``.
         min_size (int | Sequence[int]): shorter image side; a sequence picks one at random per
             training batch (multi-scale training) (800).
         max_size (int): cap of the longer side (1333).
         image_mean (Sequence[float]): per-channel mean of the [0, 1] input (ImageNet's).
         image_std (Sequence[float]): per-channel std (ImageNet's).
-        detector_kwargs (dict[str, Any] | None): further ``FasterRCNN`` arguments, e.g.
-            ``{"box_detections_per_img": 100}`` (None: torchvision's defaults).
+        detector_kwargs (dict[str, Any] | None): further arguments of the torchvision class,
+            e.g. ``{"box_detections_per_img": 100}`` (None: torchvision's defaults).
 
     Returns:
         The detector: in training mode ``model(images, targets)`` returns the loss dict, in eval
-        mode ``model(images)`` returns boxes (x1, y1, x2, y2), labels and scores per image.
+        mode ``model(images)`` returns boxes (x1, y1, x2, y2), labels and scores per image (and
+        ``masks``, [N, 1, H, W] probabilities, for Mask R-CNN).
     """
+    if detector not in DETECTORS:
+        raise InputError(
+            f"detector={detector!r} is not supported; expected one of {list(DETECTORS)}"
+        )
     if num_classes < 1:
         raise InputError(f"num_classes must be >= 1 (object categories), got {num_classes}")
     backbone = RegistryFPNBackbone(
@@ -289,22 +366,58 @@ def build_faster_rcnn(
         trainable_stages=trainable_stages,
         norm=norm,
         weights=weights,
+        pyramid=DETECTORS[detector],
     )
-    anchor_generator = AnchorGenerator(
+    if isinstance(min_size, Sequence):
+        min_size = tuple(int(s) for s in min_size)
+    common = {
+        "num_classes": num_classes + 1,
+        "min_size": min_size,
+        "max_size": max_size,
+        "image_mean": list(image_mean),
+        "image_std": list(image_std),
+    }
+    return _HEADS[detector](backbone, common, dict(detector_kwargs or {}))
+
+
+def _two_stage(backbone: RegistryFPNBackbone, kwargs: dict[str, Any]) -> dict[str, Any]:
+    anchors = AnchorGenerator(
         sizes=tuple((8 * s,) for s in backbone.strides),
         aspect_ratios=((0.5, 1.0, 2.0),) * len(backbone.strides),
     )
     roi_pool = MultiScaleRoIAlign(backbone.feature_names, output_size=7, sampling_ratio=2)
-    if isinstance(min_size, Sequence):
-        min_size = tuple(int(s) for s in min_size)
-    return FasterRCNN(
-        backbone,
-        num_classes=num_classes + 1,
-        min_size=min_size,
-        max_size=max_size,
-        image_mean=list(image_mean),
-        image_std=list(image_std),
-        rpn_anchor_generator=anchor_generator,
-        box_roi_pool=roi_pool,
-        **dict(detector_kwargs or {}),
+    return {"rpn_anchor_generator": anchors, "box_roi_pool": roi_pool, **kwargs}
+
+
+def _faster_rcnn(backbone: RegistryFPNBackbone, common: dict, kwargs: dict) -> FasterRCNN:
+    return FasterRCNN(backbone, **common, **_two_stage(backbone, kwargs))
+
+
+def _mask_rcnn(backbone: RegistryFPNBackbone, common: dict, kwargs: dict) -> MaskRCNN:
+    mask_pool = MultiScaleRoIAlign(backbone.feature_names, output_size=14, sampling_ratio=2)
+    kwargs = {"mask_roi_pool": mask_pool, **kwargs}
+    return MaskRCNN(backbone, **common, **_two_stage(backbone, kwargs))
+
+
+def _retinanet(backbone: RegistryFPNBackbone, common: dict, kwargs: dict) -> RetinaNet:
+    anchors = AnchorGenerator(
+        sizes=tuple(tuple(int(4 * s * 2 ** (k / 3)) for k in range(3)) for s in backbone.strides),
+        aspect_ratios=((0.5, 1.0, 2.0),) * len(backbone.strides),
     )
+    return RetinaNet(backbone, **common, anchor_generator=anchors, **kwargs)
+
+
+def _fcos(backbone: RegistryFPNBackbone, common: dict, kwargs: dict) -> FCOS:
+    anchors = AnchorGenerator(
+        sizes=tuple((s,) for s in backbone.strides), aspect_ratios=((1.0,),) * len(backbone.strides)
+    )
+    return FCOS(backbone, **common, anchor_generator=anchors, **kwargs)
+
+
+_HEADS = {"faster_rcnn": _faster_rcnn, "mask_rcnn": _mask_rcnn, "retinanet": _retinanet,
+          "fcos": _fcos}
+
+
+def build_faster_rcnn(model_name: str, num_classes: int, **kwargs: Any) -> FasterRCNN:
+    """``build_detector("faster_rcnn", model_name, num_classes, **kwargs)``."""
+    return build_detector("faster_rcnn", model_name, num_classes, **kwargs)

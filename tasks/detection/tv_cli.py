@@ -1,10 +1,12 @@
 """``sebench tv-detect fit|validate|test --config configs/coco/tv_<trunk>.yaml``, on LightningCLI.
 
-torchvision's Faster R-CNN with FPN on a registry trunk (``DetectionModule``) and COCO-format
-data (``COCODetectionDataModule``). A config has ``seed_everything``, ``trainer`` (Lightning's
-Trainer arguments: ``precision: bf16-mixed``, ``devices: 8``, ``strategy: ddp`` ...),
-``model`` and ``data``; every key is checked against those signatures. ``data.num_classes``
-(the categories of the annotation file) is linked to ``model.num_classes``.
+torchvision's Faster R-CNN, Mask R-CNN, RetinaNet or FCOS (``model.detector``) with FPN on a
+registry trunk (``DetectionModule``) and COCO-format data (``COCODetectionDataModule``). A
+config has ``seed_everything``, ``trainer`` (Lightning's Trainer arguments: ``precision:
+bf16-mixed``, ``devices: 8``, ``strategy: ddp`` ...), ``model`` and ``data``; every key is
+checked against those signatures. ``data.num_classes`` (the categories of the annotation file)
+is linked to ``model.num_classes``, and ``model.detector`` to ``data.masks`` (instance masks
+are loaded for Mask R-CNN only).
 
 Layout of a run, ``<default_root_dir>/coco/<experiment>/`` (by default ``runs/`` and the config
 file's stem)::
@@ -14,7 +16,8 @@ file's stem)::
                                                 experiment's runs: --ckpt_path last resumes
     version_N/config.yaml, hparams.yaml         one folder per run
     version_N/metrics.csv, tensorboard/         logs
-    version_N/results.json                      the last AP, beside the paper's (Table 7)
+    version_N/results.json                      the last box (and mask) AP; Faster R-CNN's
+                                                beside the paper's (Table 7)
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 import lightning
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser
 
 from tasks._lightning import ExperimentCLI, best_and_latest_checkpoints, run_cli
 
@@ -42,8 +46,9 @@ PROG = "sebench tv-detect"
 class DetectionResultsCallback(lightning.Callback):
     """Write ``<log_dir>/results.json`` after fit, validate and test (rank 0 only).
 
-    It holds the model name, the stage, the last AP dict and image count, the run's config and
-    the paper's Table 7 figure with a markdown line comparing both.
+    It holds the model name, the detector, the stage, the last AP dict (and mask AP dict) and
+    image count, the run's config and, for Faster R-CNN, the paper's Table 7 figure with a
+    markdown line comparing both.
 
     Args:
         experiment (str): the experiment name (config stem).
@@ -57,18 +62,20 @@ class DetectionResultsCallback(lightning.Callback):
     def _write(self, trainer: lightning.Trainer, module: DetectionModule, stage: str) -> None:
         if not trainer.is_global_zero or not module.last_ap:
             return
-        name = module.hparams.model_name
-        ap = {k: (None if math.isnan(v) else round(v, 3)) for k, v in module.last_ap.items()}
+        name, detector = module.hparams.model_name, module.hparams.detector
+        table7 = detector == "faster_rcnn"  # the paper's COCO figures are Faster R-CNN's
         results = {
             "experiment": self.experiment,
             "model_name": name,
+            "detector": detector,
             "stage": stage,
-            "box_ap": ap,
+            "box_ap": _rounded(module.last_ap),
+            **({"segm_ap": _rounded(module.last_segm_ap)} if module.last_segm_ap else {}),
             "num_images": module.last_num_images,
             "trained_steps": module.trained_steps,
             "evaluated_at_step": module.last_ap_step,
-            "paper": PAPER_TABLE7.get(name),
-            "paper_line": paper_line(name, module.last_ap),
+            "paper": PAPER_TABLE7.get(name) if table7 else None,
+            "paper_line": paper_line(name, module.last_ap) if table7 else None,
             "config": self.config,
         }
         folder = Path(trainer.log_dir or trainer.default_root_dir)
@@ -84,6 +91,10 @@ class DetectionResultsCallback(lightning.Callback):
 
     def on_test_end(self, trainer: lightning.Trainer, pl_module: Any) -> None:
         self._write(trainer, pl_module, "test")
+
+
+def _rounded(ap: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if math.isnan(v) else round(v, 3)) for k, v in ap.items()}
 
 
 class TVDetectionCLI(ExperimentCLI):
@@ -104,8 +115,13 @@ class TVDetectionCLI(ExperimentCLI):
     def __init__(self, args: Sequence[str] | None = None, *, run: bool = True, **kwargs: Any):
         super().__init__(DetectionModule, COCODetectionDataModule, args, run=run, **kwargs)
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.link_arguments("model.detector", "data.masks", compute_fn=_needs_masks)
+
     def experiment_without_config(self, config: Any) -> str:
-        return f"tv_{config['model']['model_name']}"
+        model, detector = config["model"]["model_name"], config["model"]["detector"]
+        return f"tv_{model}" if detector == "faster_rcnn" else f"tv_{detector}_{model}"
 
     def checkpoint_callbacks(self, dirpath: str) -> list[ModelCheckpoint]:
         return best_and_latest_checkpoints(dirpath, monitor="val/AP", mode="max", counter="step")
@@ -124,6 +140,10 @@ class TVDetectionCLI(ExperimentCLI):
             return
         if module.last_ap_step != module.trained_steps:
             trainer.validate(module, datamodule=self.datamodule, verbose=False)
+
+
+def _needs_masks(detector: str) -> bool:
+    return detector == "mask_rcnn"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

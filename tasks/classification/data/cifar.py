@@ -41,13 +41,12 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_md5
 from torchvision.transforms import v2
 
+from backbones.constants import CIFAR_MEAN as MEAN
+from backbones.constants import CIFAR_STD as STD
 from backbones.errors import InputError, MissingFileError
 
 DATASETS = ("cifar10", "cifar100")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
-# Per-channel mean and std of the 50k training images, pixel values scaled to [0, 1].
-MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
-STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
 IMAGE_SIZE = 32
 PADDING = 4
 

@@ -7,13 +7,13 @@ names: ``stem`` (the registry ``stem``), ``pool`` (its max-pool, no weights), ``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from torch import nn
 
 from backbones.errors import InputError
@@ -188,6 +188,13 @@ def build_sebench_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
     ``OUT_CHANNELS``, ``NORM`` and ``FUSE_TYPE``, ``MODEL.BACKBONE.FREEZE_AT`` and
     ``MODEL.RESNETS.NORM``.
     """
+    return _fpn_from_cfg(cfg, input_shape, lambda trunk: LastLevelMaxPool())
+
+
+def _fpn_from_cfg(
+    cfg: CfgNode, input_shape: ShapeSpec, top_block: Callable[[SEBenchTrunk], nn.Module]
+) -> FPN:
+    """detectron2's FPN over the ``MODEL.SEBENCH`` trunk, ``top_block(trunk)`` adding levels."""
     _check_input_channels(cfg, input_shape)
     in_features = list(cfg.MODEL.FPN.IN_FEATURES)
     bottom_up_features = list(cfg.MODEL.RESNETS.OUT_FEATURES)
@@ -197,12 +204,13 @@ def build_sebench_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
             f"MODEL.FPN.IN_FEATURES {in_features} asks for {missing}, which "
             f"MODEL.RESNETS.OUT_FEATURES {bottom_up_features} does not produce"
         )
+    bottom_up = _trunk_from_cfg(cfg, bottom_up_features)
     return FPN(
-        bottom_up=_trunk_from_cfg(cfg, bottom_up_features),
+        bottom_up=bottom_up,
         in_features=in_features,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
+        top_block=top_block(bottom_up),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
 
@@ -215,3 +223,22 @@ def _check_input_channels(cfg: CfgNode, input_shape: ShapeSpec) -> None:
             f"expects in_chans={in_chans}; set MODEL.SEBENCH.KWARGS 'in_chans=...' to match"
         )
 
+
+@BACKBONE_REGISTRY.register()
+def build_sebench_retinanet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
+    """``MODEL.SEBENCH`` res3..res5 under detectron2's FPN with P6 and P7 from res5 (RetinaNet).
+
+    detectron2's ``build_retinanet_resnet_fpn_backbone`` on a registry trunk: P6 is a stride-2
+    3x3 conv on res5 (C5), P7 one on ReLU(P6), as in the RetinaNet paper. Honours the same keys
+    as ``build_sebench_fpn_backbone``; ``MODEL.RESNETS.OUT_FEATURES`` must include "res5".
+    """
+    if "res5" not in cfg.MODEL.RESNETS.OUT_FEATURES:
+        raise InputError(
+            f"MODEL.RESNETS.OUT_FEATURES {list(cfg.MODEL.RESNETS.OUT_FEATURES)} must include "
+            "'res5' with build_sebench_retinanet_fpn_backbone: P6 and P7 are computed from it"
+        )
+
+    def p6_p7(trunk: SEBenchTrunk) -> nn.Module:
+        return LastLevelP6P7(trunk.output_shape()["res5"].channels, cfg.MODEL.FPN.OUT_CHANNELS)
+
+    return _fpn_from_cfg(cfg, input_shape, p6_p7)

@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     """detectron2's ``default_argument_parser`` plus the data-by-path options."""
     parser = default_argument_parser(epilog=EPILOG)
     parser.prog = "sebench detect {train,eval}"
-    parser.description = "Faster R-CNN (C4/FPN) with registry trunks on COCO, with detectron2."
+    parser.description = (
+        "Faster R-CNN (C4/FPN), RetinaNet and Mask R-CNN with registry trunks on COCO, with "
+        "detectron2."
+    )
     group = parser.add_argument_group("data given by path (instead of DATASETS.TRAIN/TEST)")
     for split in ("train", "val"):
         group.add_argument(f"--{split}-json", metavar="JSON", help=f"COCO instances file ({split})")
@@ -206,9 +209,10 @@ def _data_overrides(cfg: CfgNode, args: argparse.Namespace) -> list[str]:
             f"the data sets of this run have different numbers of categories ({counts})"
         )
     (count,) = num_classes
-    if count != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-        print(f"sebench detect: MODEL.ROI_HEADS.NUM_CLASSES set to {count} (the data's categories)")
-        overrides += ["MODEL.ROI_HEADS.NUM_CLASSES", str(count)]
+    heads = "RETINANET" if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" else "ROI_HEADS"
+    if count != cfg.MODEL[heads].NUM_CLASSES:
+        print(f"sebench detect: MODEL.{heads}.NUM_CLASSES set to {count} (the data's categories)")
+        overrides += [f"MODEL.{heads}.NUM_CLASSES", str(count)]
     return overrides
 
 
@@ -234,15 +238,19 @@ def _model_name(cfg: CfgNode) -> str:
 
 
 def _architecture(cfg: CfgNode) -> str:
-    return "FPN" if "fpn" in cfg.MODEL.BACKBONE.NAME.lower() else "C4"
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        return "RetinaNet"
+    neck = "FPN" if "fpn" in cfg.MODEL.BACKBONE.NAME.lower() else "C4"
+    return f"Mask R-CNN {neck}" if cfg.MODEL.MASK_ON else neck
 
 
-def _box_metrics(results: dict[str, Any] | None) -> dict[str, float]:
-    """The six COCO box APs (percent) of the first test set; NaN where COCO has no value."""
+def _metrics(results: dict[str, Any] | None, task: str = "bbox") -> dict[str, float]:
+    """The six COCO APs (percent) of ``task`` ("bbox", "segm") on the first test set; NaN
+    where COCO has no value."""
     if results and "bbox" not in results:  # several test sets: {name: {"bbox": ...}}
         results = next(iter(results.values()))
-    bbox = (results or {}).get("bbox", {})
-    return {key: float(bbox.get(key, math.nan)) for key in AP_KEYS}
+    values = (results or {}).get(task, {})
+    return {key: float(values.get(key, math.nan)) for key in AP_KEYS}
 
 
 def write_results(
@@ -256,14 +264,17 @@ def write_results(
     Returns:
         The JSON's content.
     """
-    ap = _box_metrics(results)
+    ap = _metrics(results)
     model = _model_name(cfg)
-    line = paper_line(model, ap, label=f" ({_architecture(cfg)})")
+    # The paper's COCO figures (Table 7) are Faster R-CNN's: other detectors get no comparison.
+    faster_rcnn = _architecture(cfg) in ("FPN", "C4")
+    line = paper_line(model, ap, label=f" ({_architecture(cfg)})", compare=faster_rcnn)
     record = {
         "command": args.command,
         "model": model,
         "architecture": _architecture(cfg),
         **ap,
+        **({"segm": _metrics(results, "segm")} if cfg.MODEL.MASK_ON else {}),
         "test_dataset": list(cfg.DATASETS.TEST),
         "max_iter": cfg.SOLVER.MAX_ITER,
         **extra,

@@ -193,10 +193,11 @@ class SEBenchTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str) -> COCOEvaluator:
-        """Box AP on ``dataset_name`` with pycocotools; predictions saved under
-        ``OUTPUT_DIR/inference/<dataset>``."""
+        """Box AP (and mask AP with ``MODEL.MASK_ON``) on ``dataset_name`` with pycocotools;
+        predictions saved under ``OUTPUT_DIR/inference/<dataset>``."""
         output_dir = f"{cfg.OUTPUT_DIR}/inference/{dataset_name}"
-        return COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_dir)
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+        return COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_dir)
 
     def evaluate(self, model: torch.nn.Module | None = None) -> dict[str, Any]:
         """Evaluate on ``DATASETS.TEST``, keeping the metrics and the time it took."""
