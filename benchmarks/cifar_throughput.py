@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import backbones
+from backbones.errors import run_command
 from benchmarks._env import environment, save_result
 from tasks.classification.data.cifar import (
     MEAN,
@@ -168,4 +170,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("cifar_throughput", main))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from backbones.errors import run_command
 from benchmarks._env import environment, save_result
 from benchmarks.throughput import PRECISIONS, _autocast, _rotated, check_autocast, time_calls
 
@@ -201,5 +202,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     start = time.perf_counter()
-    main(sys.argv[1:])
+    status = run_command("detection_speed", main)
     print(f"({time.perf_counter() - start:.0f} s)")
+    sys.exit(status)

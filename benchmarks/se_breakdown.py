@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 import backbones
-from backbones.errors import InputError
+from backbones.errors import InputError, run_command
 from backbones.layers.se import ResidualSE, SEBlock
 from benchmarks._env import environment, save_result
 from benchmarks.throughput import _device, _rotated, make_step, time_calls
@@ -158,12 +158,7 @@ def _markdown(result: dict) -> str:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.se_breakdown``: exit code 2 and one line on bad input."""
-    try:
-        main(argv)
-    except (ValueError, KeyError) as err:
-        print(f"se_breakdown: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("se_breakdown", lambda: main(argv))
 
 
 if __name__ == "__main__":

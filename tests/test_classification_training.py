@@ -403,9 +403,33 @@ def test_unknown_config_key_is_a_clear_error(tmp_path, capsys, section, key, mes
 
 def test_unknown_model_name_is_one_clear_line(tmp_path, capsys):
     argv = ["fit", "--config", str(README_CONFIG), "--model.model_name", "se_preact_resnet11"]
+    argv += ["--trainer.accelerator", "cpu"]
     assert main([*argv, "--trainer.default_root_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "did you mean se_preact_resnet110" in err and "Traceback" not in err, err
+
+
+def test_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
+    argv = ["test", "--config", str(_tiny_config(tmp_path)), "--ckpt_path", "nothing/last.ckpt"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sebench test: error: --ckpt_path nothing/last.ckpt does not exist")
+    assert "Traceback" not in err and not (tmp_path / "runs").exists(), err
+
+
+def test_gpu_config_without_cuda_is_an_error_naming_the_key(tmp_path):
+    # The configs ask for a GPU (trainer.accelerator: gpu). A machine without CUDA, for real: a
+    # process that sees no device (CUDA_VISIBLE_DEVICES empty), here and on a GPU machine alike.
+    command = [sys.executable, "-m", "sebench.cli", "fit", "--config", str(README_CONFIG)]
+    command += ["--trainer.default_root_dir", str(tmp_path / "runs")]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
+    env.pop("SEBENCH_DEBUG", None)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("sebench fit: error: trainer.accelerator is 'gpu', but torch finds no")
+    assert "--trainer.accelerator cpu" in last and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "runs").exists(), "nothing may be written before the error"
 
 
 def test_there_are_16_cifar_configs():
@@ -421,8 +445,9 @@ def test_there_are_16_cifar_configs():
 def test_config_parses_and_builds_model_and_data(tmp_path, path):
     content = yaml.safe_load(path.read_text())
     assert set(content) <= {"seed_everything", "trainer", "model", "data"}, sorted(content)
+    assert content["trainer"]["accelerator"] == "gpu", "a paper recipe asks for a GPU"
     args = ["--config", str(path), "--trainer.default_root_dir", str(tmp_path)]
-    cli = SEBenchCLI(args, run=False)
+    cli = SEBenchCLI([*args, "--trainer.accelerator", "cpu"], run=False)
     model, data = cli.model, cli.datamodule
     assert isinstance(model, ClassificationModule)
     assert model.hparams.model_name == content["model"]["model_name"]
