@@ -1,4 +1,4 @@
-"""What the project's Lightning tasks share: the stop on a non-finite loss, and LightningCLI setup.
+"""What the project's Lightning tasks share: LightningCLI setup, run layout, checkpoints, errors.
 
 Every task's CLI (``sebench fit|validate|test``, ``sebench tv-detect ...``) lays out its runs the
 same way, ``<default_root_dir>/<dataset>/<experiment>/``: ``checkpoints/`` shared by the
@@ -23,38 +23,15 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from backbones.errors import InputError, MissingFileError, run_command
 
+from ._nonfinite import NonFiniteLossError
+
 __all__ = [
     "ExperimentCLI",
     "NonFiniteLossError",
     "best_and_latest_checkpoints",
     "default_loggers",
     "run_cli",
-    "stop_if_not_finite",
 ]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; training stopped before the update."""
-
-
-def stop_if_not_finite(module: lightning.LightningModule, loss: torch.Tensor, advice: str) -> None:
-    """Raise :class:`NonFiniteLossError` on every rank if any rank's ``loss`` is not finite.
-
-    Every rank stops together: one rank raising alone would leave the others waiting in the
-    gradient all-reduce. Raising before backward keeps the weights and the checkpoints on disk
-    untouched.
-
-    Args:
-        module: the module being trained (its trainer's strategy reduces the decision).
-        loss: this rank's training loss.
-        advice: what to do about it, appended to the message.
-    """
-    bad = not bool(torch.isfinite(loss))
-    if module.trainer.strategy.reduce_boolean_decision(bad, all=False):
-        raise NonFiniteLossError(
-            f"training loss is {loss.item()} (not finite) at epoch {module.current_epoch}, "
-            f"global step {module.global_step}; training stopped before this update. {advice}"
-        )
 
 
 def _check_accelerator(accelerator: Any) -> None:

@@ -22,7 +22,9 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from torch import nn
 
+from tasks._nonfinite import NonFiniteGuard
 from tasks.classification.cli import SEBenchCLI, main
 from tasks.classification.data.cifar import CIFARDataModule
 from tasks.classification.module import ClassificationModule, NonFiniteLossError, lr_factor
@@ -378,6 +380,97 @@ def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
     assert last["epoch"] == 0 and last["epochs_trained"] == 1
     weights = [v for v in last["state_dict"].values() if v.is_floating_point()]
     assert all(torch.isfinite(v).all() for v in weights), "last.ckpt holds non-finite weights"
+
+
+class _RecordingGuard(NonFiniteGuard):
+    """The module's guard, also writing what its rank saw when it stopped training."""
+
+    def __init__(self, out_dir: str, check_every: int) -> None:
+        super().__init__("(advice)", check_every=check_every)
+        self.out_dir, self.checks = out_dir, 0
+
+    def check(self, trainer):
+        self.checks += 1
+        try:
+            super().check(trainer)
+        except NonFiniteLossError as err:
+            module = trainer.lightning_module
+            params = [p.detach() for p in module.parameters()]
+            unchanged = all(map(torch.equal, params, module.before_bad_step))
+            record = {"message": str(err), "unchanged": unchanged, "checks": self.checks}
+            record["optimizer_steps"] = trainer.global_step
+            Path(self.out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+            raise
+
+
+class _PoisonedModule(ClassificationModule):
+    """One rank's batch of global step 1 turns to NaN; every rank keeps its weights from before."""
+
+    def __init__(self, out_dir: str, poisoned_rank: int, check_every: int = 1000) -> None:
+        super().__init__("se_preact_resnet110", TINY_MODEL, 10, lr=0.05)
+        self.out_dir, self.poisoned_rank, self.check_every = out_dir, poisoned_rank, check_every
+        self.before_bad_step: list[torch.Tensor] = []
+
+    def configure_callbacks(self):
+        return [_RecordingGuard(self.out_dir, self.check_every)]
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.global_step == 1:
+            self.before_bad_step = [p.detach().clone() for p in self.parameters()]
+            if self.global_rank == self.poisoned_rank:
+                batch[0].fill_(float("nan"))
+
+
+def test_no_update_after_a_nan_step_until_the_check_and_no_checkpoint(tmp_path):
+    # The flag is read every 1000 steps: the run of 4 steps stops at the end of its epoch, its
+    # first check; the updates of steps 1-3 were skipped on the device (fused SGD's found_inf).
+    module = _PoisonedModule(str(tmp_path), poisoned_rank=0)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)
+    trainer = lightning.Trainer(**TINY_TRAINER, max_epochs=2, logger=False, callbacks=[checkpoints])
+    expected = r"loss is nan \(not finite\) at epoch 0, global step 1;"
+    with pytest.raises(NonFiniteLossError, match=expected):
+        trainer.fit(module, _tiny_data(tmp_path))
+    record = json.loads((tmp_path / "rank0.json").read_text())
+    assert record["optimizer_steps"] == 4 and record["checks"] == 1, record
+    assert record["unchanged"], "an update was applied after the non-finite step"
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+    assert trainer.optimizers[0].defaults["fused"] is True
+
+
+@pytest.mark.slow
+def test_nan_on_one_ddp_rank_stops_every_rank_before_any_update(tmp_path):
+    module = _PoisonedModule(str(tmp_path), poisoned_rank=1)
+    trainer = lightning.Trainer(
+        **TINY_TRAINER, devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
+        enable_checkpointing=False,
+    )  # fmt: skip
+    with pytest.raises(Exception, match="NonFiniteLossError"):
+        trainer.fit(module, _tiny_data(tmp_path))
+    for rank in (0, 1):
+        record = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        # Rank 0's loss was finite, but the all-reduced gradients were not: it skipped too.
+        assert record["unchanged"], f"rank {rank} applied an update after the NaN step"
+        expected = "loss is nan (not finite) at epoch 0, global step 1 on rank 1 of 2"
+        assert expected in record["message"], record
+
+
+def test_guard_skips_a_step_whose_loss_alone_is_not_finite():
+    # An infinite loss with finite gradients (one rank's, say): a fused optimizer skips it, and
+    # every later step, on the device; a plain optimizer cannot, so it is checked every step.
+    guard = NonFiniteGuard("(advice)")
+    weight = nn.Parameter(torch.ones(3))
+    fused = torch.optim.SGD([weight], lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True)
+    for loss in (float("inf"), 1.0):
+        weight.grad = torch.ones(3)
+        guard.record_loss(torch.tensor(loss), epoch=0, step=7)
+        guard.flag_step(fused)
+        assert guard.skips_on_device(fused)
+        fused.step()
+        assert torch.equal(weight.detach(), torch.ones(3))
+    plain = torch.optim.SGD([weight], lr=0.1)
+    assert not guard.skips_on_device(plain)
+    with pytest.raises(ValueError, match="check_every must be at least 1"):
+        NonFiniteGuard("", check_every=0)
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,7 @@ def _preact_input(block: nn.Module, x: torch.Tensor, at) -> tuple[torch.Tensor, 
 
 
 def preact_basic(block: PreActBasicBlock, x: torch.Tensor, site: str | None) -> torch.Tensor:
-    """He et al. 2016 basic block, also WRN's (dropout is the identity in eval): no ReLU after the sum."""
+    """He et al. 2016 basic block, also WRN's (dropout: identity in eval); no ReLU after the sum."""
     at = _site(block, site)
     pre, shortcut = _preact_input(block, x, at)
     out = _conv(pre, block.conv1)

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from torchvision.ops import FrozenBatchNorm2d
 
 import backbones
+from tasks._nonfinite import NonFiniteGuard
 from tasks.detection.evaluation import AP_KEYS
 from tasks.detection.lightning import (
     COCODetectionDataModule,
@@ -355,6 +356,9 @@ def test_fit_overfits_two_images_and_ap_matches_an_independent_evaluation(
     trainer = _trainer(max_steps=60, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 60
+    # The non-finite guard rides on the fused SGD's found_inf (tasks/_nonfinite.py).
+    assert trainer.optimizers[0].defaults["fused"] is True
+    assert any(isinstance(c, NonFiniteGuard) for c in trainer.callbacks)
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
     # A new trainer: the first one skips validation (limit_val_batches=0) for speed.
     (metrics,) = _trainer().validate(module, datamodule=data, verbose=False)

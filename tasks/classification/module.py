@@ -25,7 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy
 import backbones
 from backbones.errors import InputError
 
-from .._lightning import NonFiniteLossError, stop_if_not_finite
+from .._nonfinite import NonFiniteGuard, NonFiniteLossError, sgd
 
 __all__ = ["ClassificationModule", "NonFiniteLossError", "lr_factor"]
 
@@ -117,7 +117,13 @@ class ClassificationModule(lightning.LightningModule):
         channels_last (bool): run the backbone in channels-last memory format (False).
         compile (bool): ``torch.compile`` the backbone in place; checkpoints keep plain
             parameter names (False).
+
+    A NaN or infinite loss or gradient stops training with ``NonFiniteLossError`` on every
+    rank; no update is applied from that step on and no checkpoint written after it. The flag
+    is read on the host every ``nonfinite_check_every`` optimizer steps (100), not every step.
     """
+
+    nonfinite_check_every = 100
 
     def __init__(
         self,
@@ -195,14 +201,17 @@ class ClassificationModule(lightning.LightningModule):
         images, target = batch
         logits = self._logits(images)
         loss = self._loss(logits, target)
-        stop_if_not_finite(
-            self, loss, "The last good checkpoint (last.ckpt, written at the end of the previous "
-            "epoch) is kept: lower the learning rate or add warm-up, then resume with "
-            "--ckpt_path last",
-        )
         self.metrics["train_top1"].update(logits.detach(), target)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def configure_callbacks(self) -> list[lightning.Callback]:
+        # Stops on a NaN/inf loss or gradient without a host sync per step (tasks/_nonfinite.py).
+        advice = (
+            "The last good checkpoint (last.ckpt) is kept: lower the learning rate or add "
+            "warm-up, then resume with --ckpt_path last"
+        )
+        return [NonFiniteGuard(advice, check_every=self.nonfinite_check_every)]
 
     def on_train_epoch_start(self) -> None:
         # Checkpoints are written at the end of the epoch, before the trainer counts it as done.
@@ -242,7 +251,8 @@ class ClassificationModule(lightning.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        optimizer = torch.optim.SGD(
+        optimizer = sgd(
+            self.trainer,
             self._param_groups(),
             lr=hp.lr,
             momentum=hp.momentum,

@@ -28,7 +28,7 @@ from torchvision.datasets import CocoDetection, VisionDataset, wrap_dataset_for_
 from torchvision.transforms import v2
 
 from backbones.errors import InputError
-from tasks._lightning import stop_if_not_finite
+from tasks._nonfinite import NonFiniteGuard, sgd
 from tasks.classification.module import lr_factor
 
 from .coco import COCOFormatError, COCOSummary, check_coco, load_coco
@@ -404,7 +404,12 @@ class DetectionModule(lightning.LightningModule):
         gamma (float): decay factor at each milestone (0.1).
         warmup_steps (int): optimizer steps of linear warm-up (1000).
         warmup_factor (float): warm-up start as a multiple of ``lr`` (0.001).
+
+    A NaN or infinite loss or gradient stops training as in ``ClassificationModule``, the flag
+    read every ``nonfinite_check_every`` optimizer steps (100).
     """
+
+    nonfinite_check_every = 100
 
     def __init__(
         self,
@@ -472,10 +477,6 @@ class DetectionModule(lightning.LightningModule):
         losses = self.model(images, targets)
         # Float32 sum: under bf16 autocast the parts come back in low precision.
         loss = sum(value.float() for value in losses.values())
-        stop_if_not_finite(
-            self, loss, "Lower the learning rate or lengthen the warm-up, then resume with "
-            "--ckpt_path last",
-        )
         batch_size = len(images)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
         for name, value in losses.items():
@@ -484,6 +485,11 @@ class DetectionModule(lightning.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.trained_steps = self.global_step
+
+    def configure_callbacks(self) -> list[lightning.Callback]:
+        # Stops on a NaN/inf loss or gradient without a host sync per step (tasks/_nonfinite.py).
+        advice = "Lower the learning rate or lengthen the warm-up, then resume with --ckpt_path last"
+        return [NonFiniteGuard(advice, check_every=self.nonfinite_check_every)]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.trained_steps = int(checkpoint.get("global_step", 0))
@@ -550,9 +556,8 @@ class DetectionModule(lightning.LightningModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
-        )
+        optimizer = sgd(self.trainer, params, lr=hp.lr, momentum=hp.momentum,
+                        weight_decay=hp.weight_decay)  # fmt: skip
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise InputError(
