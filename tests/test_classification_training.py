@@ -27,8 +27,9 @@ from torch import nn
 from tasks._nonfinite import NonFiniteGuard
 from tasks.classification.cli import SEBenchCLI, main
 from tasks.classification.data.cifar import CIFARDataModule
-from tasks.classification.module import ClassificationModule, NonFiniteLossError, lr_factor
+from tasks.classification.module import ClassificationModule, NonFiniteLossError
 from tasks.classification.results import ResultsCallback, markdown_line, paper_result
+from tasks.schedules import lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 # Classification configs; configs/coco/ has tests of its own (detectron2 and torchvision).

@@ -11,10 +11,8 @@ precision and DDP come from the Trainer's flags (``precision="bf16-mixed"``,
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +27,7 @@ from torchvision.transforms import v2
 
 from backbones.errors import InputError
 from tasks._nonfinite import NonFiniteGuard, sgd
-from tasks.classification.module import lr_factor
+from tasks.schedules import check_schedule, step_scheduler
 
 from .coco import COCOFormatError, COCOSummary, check_coco, load_coco
 from .evaluation import AP_KEYS, coco_box_ap
@@ -434,16 +432,9 @@ class DetectionModule(lightning.LightningModule):
     ) -> None:
         super().__init__()
         milestones = [float(m) for m in milestones]
-        if milestones != sorted(milestones) or any(not 0 < m <= 1 for m in milestones):
-            raise InputError(
-                f"milestones={milestones} must be increasing fractions of the run in (0, 1], "
-                "e.g. [0.6667, 0.8889] for 120k and 160k of 180k iterations"
-            )
-        if warmup_steps < 0 or not 0 < warmup_factor <= 1:
-            raise InputError(
-                f"warmup_steps={warmup_steps} must be >= 0 and warmup_factor={warmup_factor} "
-                "in (0, 1]"
-            )
+        check_schedule("multistep", milestones, None, "linear", warmup_steps)
+        if not 0 < warmup_factor <= 1:
+            raise InputError(f"warmup_factor={warmup_factor} must be in (0, 1]")
         model_kwargs = dict(model_kwargs or {})
         detector_kwargs = dict(detector_kwargs or {})
         if not isinstance(min_size, int):
@@ -558,15 +549,9 @@ class DetectionModule(lightning.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = sgd(self.trainer, params, lr=hp.lr, momentum=hp.momentum,
                         weight_decay=hp.weight_decay)  # fmt: skip
-        total_steps = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total_steps):
-            raise InputError(
-                "the step schedule needs the run's length, but the trainer cannot estimate it; "
-                "set --trainer.max_steps or --trainer.max_epochs"
-            )
-        factor = functools.partial(
-            lr_factor,
-            total_steps=max(total_steps, 1),
+        scheduler = step_scheduler(
+            self.trainer,
+            optimizer,
             schedule="multistep",
             milestones=tuple(hp.milestones),
             gamma=hp.gamma,
@@ -575,11 +560,7 @@ class DetectionModule(lightning.LightningModule):
             warmup_factor=hp.warmup_factor,
             warmup="linear",
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
 def _distributed() -> bool:
