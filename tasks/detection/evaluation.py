@@ -12,20 +12,27 @@ from typing import Any
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["AP_KEYS", "coco_box_ap", "load_coco"]
+from .coco import load_coco
+
+__all__ = ["AP_KEYS", "coco_box_ap", "coco_index"]
 
 # The first six of COCOeval.stats, named as detectron2's COCOEvaluator names them.
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def load_coco(json_file: str | Path, *, verbose: bool = False) -> COCO:
-    """pycocotools' COCO index of an instances file, without its progress prints by default."""
+def coco_index(document: dict[str, Any], *, verbose: bool = False) -> COCO:
+    """pycocotools' COCO index over a parsed instances file (``coco.load_coco``'s), so a file is
+    parsed once (``COCO(path)`` would parse it again); without its prints by default."""
+    coco = COCO()
+    coco.dataset = document
     with _quiet(verbose):
-        return COCO(str(json_file))
+        coco.createIndex()
+    return coco
 
 
 @contextlib.contextmanager
-def _quiet(verbose: bool) -> Any:
+def _quiet(verbose: bool = False) -> Any:
+    """pycocotools prints while it indexes and evaluates: silence it unless ``verbose``."""
     if verbose:
         yield
         return
@@ -56,7 +63,7 @@ def coco_box_ap(
         detectron2.
     """
     if not isinstance(coco_gt, COCO):
-        coco_gt = load_coco(coco_gt, verbose=verbose)
+        coco_gt = coco_index(load_coco(coco_gt), verbose=verbose)
     if not detections:
         # COCO.loadRes cannot index an empty result list; nothing detected is 0 AP.
         return {key: 0.0 for key in AP_KEYS}

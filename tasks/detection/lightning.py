@@ -10,8 +10,6 @@ precision and DDP come from the Trainer's flags (``precision="bf16-mixed"``,
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +28,7 @@ from tasks._nonfinite import NonFiniteGuard, sgd
 from tasks.schedules import check_schedule, step_scheduler
 
 from .coco import COCOFormatError, COCOSummary, check_coco, load_coco
-from .evaluation import AP_KEYS, coco_box_ap
+from .evaluation import AP_KEYS, coco_box_ap, coco_index
 from .torchvision_model import build_faster_rcnn
 
 __all__ = [
@@ -271,7 +269,7 @@ class COCODetectionDataModule(lightning.LightningDataModule):
         transforms = _transforms(
             label_of_category, train=split == "train", flip=self.horizontal_flip
         )
-        base = _IndexedCocoDetection(image_root, _coco_index(document), transforms)
+        base = _IndexedCocoDetection(image_root, coco_index(document), transforms)
         dataset = wrap_dataset_for_transforms_v2(
             base, target_keys=("image_id", "boxes", "labels", "iscrowd")
         )
@@ -342,15 +340,6 @@ def _categories(json_file: Path, document: dict[str, Any]) -> dict[int, str]:
         raise COCOFormatError(f"{json_file}: cannot read its categories ({err!r})") from err
 
 
-def _coco_index(document: dict[str, Any]) -> COCO:
-    """A pycocotools index over an already-parsed document (``COCO(path)`` would parse again)."""
-    coco = COCO()
-    coco.dataset = document
-    with _quiet():  # pycocotools prints while it indexes
-        coco.createIndex()
-    return coco
-
-
 class _IndexedCocoDetection(CocoDetection):
     """torchvision's ``CocoDetection`` over a ready pycocotools index.
 
@@ -362,10 +351,6 @@ class _IndexedCocoDetection(CocoDetection):
         VisionDataset.__init__(self, str(root), transforms=transforms)
         self.coco = coco
         self.ids = sorted(coco.imgs)
-
-
-def _quiet() -> Any:
-    return contextlib.redirect_stdout(io.StringIO())
 
 
 class DetectionModule(lightning.LightningModule):
