@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 import backbones
 from backbones.errors import run_command
-from benchmarks._env import environment, save_result
+from benchmarks._env import describe, environment, save_result
 from tasks.classification.data.cifar import (
     MEAN,
     NUM_CLASSES,
@@ -162,9 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"gpu_resident / {subject}: {result['gpu_resident_over_model']:.2f} (goal >= 1.2 on a GPU)")
     print(f"dataloader / {subject}: {result['dataloader_over_model']:.2f}")
     print(f"{subject} / {baseline}: {result['se_over_plain']:.3f} (goal >= 0.85)")
-    env = result["environment"]
-    print(f"({env.get('gpu', env['cpu'])}, torch {env['torch']}, {args.precision}, "
-          f"batch {args.batch_size}, channels_last={args.channels_last})")
+    print(f"({args.precision}, batch {args.batch_size}, channels_last={args.channels_last}; "
+          f"{describe(result['environment'])})")
     save_result(result, args.out)
     return result
 

@@ -1,6 +1,6 @@
 """Seconds per training iteration of Faster R-CNN FPN with an SE trunk against its plain twin.
 
-Issue 4's goal: ``se_resnet50`` / ``resnet50`` seconds per iteration <= 1.10 on a GPU.
+The project's goal: ``se_resnet50`` / ``resnet50`` seconds per iteration <= 1.10 on a GPU.
 
     python -m benchmarks.detection_speed --engine detectron2 --device cuda --precision bf16
     python -m benchmarks.detection_speed --engine torchvision --device cpu --image-size 320 \\
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from backbones.errors import run_command
-from benchmarks._env import environment, save_result
+from benchmarks._env import describe, environment, save_result
 from benchmarks.throughput import PRECISIONS, _autocast, _rotated, check_autocast, time_calls
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"| {args.engine} | {result['environment'].get('gpu', result['environment']['cpu'])} "
           f"| {args.precision} | {result['seconds_per_iter'][se]:.3f} "
           f"| {result['seconds_per_iter'][plain]:.3f} | **{result['ratio']:.3f}** "
-          f"| {GOAL}: {result['goal_status']} |")
+          f"| {GOAL}: {result['goal_status']} |\n({describe(result['environment'])})")
     save_result(result, args.out)
     return result
 

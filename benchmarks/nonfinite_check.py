@@ -36,9 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.errors import InputError, run_command
-from benchmarks._env import environment, save_result
+from benchmarks._env import describe, environment, save_result
 from benchmarks._specs import build_model, parse_spec
-from benchmarks.throughput import PRECISIONS, _autocast, _device, _rotated, time_calls
+from benchmarks._variants import paired_ratio, time_variants, variants_table
+from benchmarks.throughput import PRECISIONS, _autocast, _device
 from tasks._nonfinite import NonFiniteGuard
 
 VARIANTS = ("none", "per_step", "fused", "guard")
@@ -130,23 +131,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
                            check_every=args.check_every)
         for name in VARIANTS
     }  # fmt: skip
-    for name in VARIANTS:
-        time_calls(steps[name], args.warmup, device)
-    seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    for repeat in range(args.repeats):
-        for name in _rotated(list(VARIANTS), repeat):
-            seconds[name].append(time_calls(steps[name], args.steps, device) / args.steps)
-
-    def ratio(a: str, b: str) -> float:
-        return round(statistics.median(p / q for p, q in zip(seconds[a], seconds[b])), 4)
-
+    seconds = time_variants(
+        steps.__getitem__, VARIANTS, warmup=args.warmup, repeats=args.repeats, calls=args.steps,
+        device=device,
+    )  # fmt: skip
     result = {
         "benchmark": "nonfinite_check",
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "environment": environment(),
         "ms_per_step": {k: round(1e3 * statistics.median(v), 3) for k, v in seconds.items()},
-        "time_over_none": {name: ratio(name, "none") for name in VARIANTS},
-        "guard_over_fused": ratio("guard", "fused"),
+        "time_over_none": {name: paired_ratio(seconds, name, "none") for name in VARIANTS},
+        "guard_over_fused": paired_ratio(seconds, "guard", "fused"),
     }
     print(_markdown(result))
     save_result(result, args.out)
@@ -156,16 +151,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def _markdown(result: dict) -> str:
     s, env = result["settings"], result["environment"]
     lines = [
-        f"{s['model']}, batch {s['batch_size']}, {s['precision']}, {s['device']} "
-        f"({env.get('gpu', env['cpu'])}), {s['repeats']} rounds x {s['steps']} steps, guard read "
-        f"every {s['check_every']} steps; torch {env['torch']}, {env['threads']} threads, "
-        f"commit {env['git_commit']}, {env['date']}.",
+        f"{s['model']}, batch {s['batch_size']}, {s['precision']}, {s['device']}, "
+        f"{s['repeats']} rounds x {s['steps']} steps, guard read every {s['check_every']} "
+        f"steps; {describe(env)}.",
         "",
-        "| variant | ms per step (median) | time / none (paired median) |",
-        "|---|---|---|",
     ]
-    ms, ratio = result["ms_per_step"], result["time_over_none"]
-    lines += [f"| {name} | {ms[name]:.2f} | {ratio[name]:.4f} |" for name in VARIANTS]
+    lines += variants_table(
+        result["ms_per_step"], result["time_over_none"], unit="step", baseline="none"
+    )
     lines.append(f"\nguard / fused (paired median): {result['guard_over_fused']:.4f}")
     return "\n".join(lines)
 

@@ -1,7 +1,7 @@
 """Training and inference throughput of SE models against their plain twins and timm's models.
 
-Issue 5's goals, evaluated at the end of every run (a goal whose settings differ from the run's
-is reported "not measured"):
+The project's speed goals, evaluated at the end of every run (a goal whose settings differ from
+the run's is reported "not measured"):
 
 - ``se_resnet50`` trains at >= 0.90x ``resnet50``'s images/s (GPU, bf16, channels_last, compiled);
 - ``se_resnet50`` trains at >= 1.0x (stretch 1.1) timm's ``seresnet50``, same stride convention

@@ -2,12 +2,13 @@
 
 import copy
 import json
+import subprocess
 
 import pytest
 import torch
 
 import backbones
-from benchmarks import cifar_throughput, detection_speed, nonfinite_check, se_breakdown
+from benchmarks import _env, cifar_throughput, detection_speed, nonfinite_check, se_breakdown
 
 
 def test_cifar_throughput_reports_both_paths_and_models(tmp_path):
@@ -89,3 +90,17 @@ def test_nonfinite_check_variants_train_alike_and_report(tmp_path):
     assert set(result["time_over_none"]) == set(nonfinite_check.VARIANTS)
     assert result["time_over_none"]["none"] == 1.0 and result["guard_over_fused"] > 0
     assert nonfinite_check.cli(["--check-every", "0"]) == 2
+
+
+def test_environment_records_the_exact_code_measured():
+    env = _env.environment()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=_env.REPO).stdout.strip()  # fmt: skip
+    assert env["git_commit"] == commit and len(commit) == 40
+    status = subprocess.run(["git", "status", "--porcelain", "--", "*.py", "pyproject.toml"],
+                            capture_output=True, text=True, cwd=_env.REPO).stdout  # fmt: skip
+    assert env["git_dirty"] is bool(status.strip()), (env["git_changes"], status)
+    line = _env.describe(env)
+    assert commit[:12] in line and env["torch"] in line
+    if torch.cuda.is_available():
+        assert {"gpu", "driver", "cuda", "cudnn"} <= set(env) and "cuDNN" in line
