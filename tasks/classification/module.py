@@ -29,6 +29,7 @@ from ..schedules import check_schedule, step_scheduler
 
 __all__ = ["ClassificationModule", "NonFiniteLossError"]
 
+
 class ClassificationModule(lightning.LightningModule):
     """A registry backbone trained with SGD and cross-entropy; reports top-1/top-5 error in %.
 

@@ -464,7 +464,9 @@ class DetectionModule(lightning.LightningModule):
 
     def configure_callbacks(self) -> list[lightning.Callback]:
         # Stops on a NaN/inf loss or gradient without a host sync per step (tasks/_nonfinite.py).
-        advice = "Lower the learning rate or lengthen the warm-up, then resume with --ckpt_path last"
+        advice = (
+            "Lower the learning rate or lengthen the warm-up, then resume with --ckpt_path last"
+        )
         return [NonFiniteGuard(advice, check_every=self.nonfinite_check_every)]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
