@@ -138,6 +138,7 @@ def measure_models(args: argparse.Namespace, device: torch.device) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    env = environment()  # the code as it is when the run starts
     device = torch.device(args.device)
     torch.manual_seed(0)
     inputs = measure_input_paths(args, device)
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = dict(
         benchmark="cifar_throughput",
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        environment=environment(),
+        environment=env,
         input_images_per_s={k: round(v, 1) for k, v in inputs.items()},
         train_images_per_s={k: round(v, 1) for k, v in models.items()},
         gpu_resident_over_model=round(inputs["gpu_resident"] / models[subject], 3),

@@ -27,7 +27,14 @@ import torch
 
 from backbones.errors import run_command
 from benchmarks._env import describe, environment, save_result
-from benchmarks.throughput import PRECISIONS, _autocast, _rotated, check_autocast, time_calls
+from benchmarks.throughput import (
+    PRECISIONS,
+    _autocast,
+    _device,
+    _rotated,
+    check_autocast,
+    time_calls,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 1.10
@@ -160,9 +167,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("detection_speed: error: --device cuda, but CUDA is not available")
+    env = environment()  # the code as it is when the run starts
+    device = _device(args.device)
     check_autocast(device, args.precision)
     dtype = PRECISIONS[args.precision]
     generator = torch.Generator().manual_seed(0)
@@ -182,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ratios = [a / b for a, b in zip(seconds[se], seconds[plain])]
     result = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "environment": environment(),
+        "environment": env,
         "seconds_per_iter": {t: round(statistics.median(s), 4) for t, s in seconds.items()},
         "ratio": round(statistics.median(ratios), 4),
         "ratio_min_max": [round(min(ratios), 4), round(max(ratios), 4)],

@@ -114,6 +114,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
+    env = environment()  # the code as it is when the run starts
     device = _device(args.device)
     spec = parse_spec(args.model)
     if spec.timm:
@@ -138,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = {
         "benchmark": "nonfinite_check",
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "environment": environment(),
+        "environment": env,
         "ms_per_step": {k: round(1e3 * statistics.median(v), 3) for k, v in seconds.items()},
         "time_over_none": {name: paired_ratio(seconds, name, "none") for name in VARIANTS},
         "guard_over_fused": paired_ratio(seconds, "guard", "fused"),

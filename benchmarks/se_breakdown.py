@@ -105,6 +105,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
+    env = environment()  # the code as it is when the run starts
     device = _device(args.device)
     model = backbones.create_model(args.model).to(device).train(args.mode == "train")
     blocks = standard_se_blocks(model)
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = {
         "benchmark": "se_breakdown",
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "environment": environment(),
+        "environment": env,
         "se_blocks": len(blocks),
         "ms_per_call": {k: round(1e3 * statistics.median(v), 3) for k, v in seconds.items()},
         "time_over_plain": {k: paired_ratio(seconds, k, "plain") for k in seconds},
