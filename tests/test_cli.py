@@ -66,7 +66,7 @@ def _raise(error: Exception) -> None:
 
 
 def test_run_command_reports_input_errors_only(capsys, monkeypatch):
-    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    monkeypatch.setenv(DEBUG_ENV, "0")
     assert run_command("tool", lambda: _raise(InputError("bad --size 0: expected > 0"))) == 2
     assert capsys.readouterr().err == "tool: error: bad --size 0: expected > 0\n"
     # A ValueError or TypeError that is not one of ours is a bug: it keeps its traceback.
@@ -89,7 +89,7 @@ def test_debug_env_prints_the_traceback_of_an_input_error(capsys, monkeypatch):
 
 
 def test_sebench_debug_flag_and_env_show_the_traceback(capsys, monkeypatch):
-    monkeypatch.delenv(DEBUG_ENV, raising=False)  # restored after the test; --debug sets it
+    monkeypatch.setenv(DEBUG_ENV, "0")  # restored (unset) after the test; --debug sets it
     assert main(["--debug", "complexity", "se_resnt50"]) == 2
     err = capsys.readouterr().err
     assert "Traceback (most recent call last):" in err and "create_model" in err, err
@@ -108,7 +108,7 @@ def test_sebench_debug_flag_and_env_show_the_traceback(capsys, monkeypatch):
 
 
 def test_a_library_error_is_not_reported_as_bad_input(capsys, monkeypatch):
-    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    monkeypatch.setenv(DEBUG_ENV, "0")
     # torch's own ValueError, from deep inside the model's construction: not an InputError, so
     # the command lets it propagate with its traceback instead of one line and status 2.
     with pytest.raises(ValueError, match="dropout probability") as info:
