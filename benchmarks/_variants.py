@@ -43,6 +43,11 @@ def time_variants(
     return seconds
 
 
+def median_ms(seconds: dict[str, list[float]]) -> dict[str, float]:
+    """Each variant's median time per call, in milliseconds."""
+    return {name: round(1e3 * statistics.median(s), 3) for name, s in seconds.items()}
+
+
 def paired_ratio(seconds: dict[str, list[float]], subject: str, baseline: str) -> float:
     """Median over rounds of ``subject``'s time over ``baseline``'s in the same round."""
     pairs = zip(seconds[subject], seconds[baseline])

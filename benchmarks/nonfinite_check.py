@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ from torch import nn
 from backbones.errors import InputError, run_command
 from benchmarks._env import describe, environment, save_result
 from benchmarks._specs import build_model, parse_spec
-from benchmarks._variants import paired_ratio, time_variants, variants_table
+from benchmarks._variants import median_ms, paired_ratio, time_variants, variants_table
 from benchmarks.throughput import PRECISIONS, _autocast, _device
 from tasks._nonfinite import NonFiniteGuard
 
@@ -140,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "benchmark": "nonfinite_check",
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "environment": env,
-        "ms_per_step": {k: round(1e3 * statistics.median(v), 3) for k, v in seconds.items()},
+        "ms_per_step": median_ms(seconds),
         "time_over_none": {name: paired_ratio(seconds, name, "none") for name in VARIANTS},
         "guard_over_fused": paired_ratio(seconds, "guard", "fused"),
     }

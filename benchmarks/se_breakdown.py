@@ -19,7 +19,6 @@ site.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import types
 from collections.abc import Iterator, Sequence
@@ -33,7 +32,7 @@ import backbones
 from backbones.errors import InputError, run_command
 from backbones.layers.se import ResidualSE, SEBlock
 from benchmarks._env import describe, environment, save_result
-from benchmarks._variants import paired_ratio, time_variants, variants_table
+from benchmarks._variants import median_ms, paired_ratio, time_variants, variants_table
 from benchmarks.throughput import _device, make_step
 
 VARIANTS = ("plain", "structure", "squeeze", "full")
@@ -124,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "environment": env,
         "se_blocks": len(blocks),
-        "ms_per_call": {k: round(1e3 * statistics.median(v), 3) for k, v in seconds.items()},
+        "ms_per_call": median_ms(seconds),
         "time_over_plain": {k: paired_ratio(seconds, k, "plain") for k in seconds},
     }
     print(_markdown(result))
