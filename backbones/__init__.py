@@ -23,8 +23,10 @@ from .complexity import model_complexity
 from .errors import InputError, MissingFileError
 from .layers import SEBlock, SEConfig
 from .prune import IdentitySE, prune_se, se_blocks, se_sites, select_se_blocks
+from .weights import TIMM_EQUIVALENTS, create_from_timm, load_timm_weights
 
 __all__ = [
+    "TIMM_EQUIVALENTS",
     "Backbone",
     "FeatureInfo",
     "FeatureListNet",
@@ -33,10 +35,12 @@ __all__ = [
     "SEBlock",
     "SEConfig",
     "accepted_kwargs",
+    "create_from_timm",
     "create_model",
     "format_kwargs",
     "is_model",
     "list_models",
+    "load_timm_weights",
     "MissingFileError",
     "model_class",
     "model_complexity",

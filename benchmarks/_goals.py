@@ -1,6 +1,8 @@
-"""Issue 5's speed goals, checked against a throughput run, and the run as a markdown report."""
+"""The project's speed goals, checked against a throughput run, and the run as a markdown report."""
 
 from __future__ import annotations
+
+from benchmarks._env import describe
 
 GPU_TRAIN_BF16 = {"device": "cuda", "mode": "train", "precision": "bf16"}
 GPU_TRAIN_FAST = dict(GPU_TRAIN_BF16, channels_last=True, compile=True)
@@ -79,11 +81,10 @@ def evaluate_goals(result: dict) -> list[dict]:
 def to_markdown(result: dict) -> str:
     s, env, peak = result["settings"], result["environment"], result["peak"]
     lines = [
-        (f"{s['mode']} throughput, {s['device']} ({env.get('gpu', env['cpu'])}), "
+        (f"{s['mode']} throughput, {s['device']}, "
          f"{s['precision']}, batch {s['batch_size']}, channels_last={s['channels_last']}, "
          f"compile={s['compile']}, {s['repeats']} repeats x {s['steps']} steps after "
-         f"{s['warmup']} warm-up steps; torch {env['torch']}, {env['threads']} threads, "
-         f"commit {env['git_commit']}, {env['date']}."),
+         f"{s['warmup']} warm-up steps; {describe(env)}."),
         f"Matmul peak: {peak['tflops']:.2f} TFLOP/s ({peak['dtype']}, {peak['size']}^2).",
         "",
         "| model | input | GMACs | images/s median (min-max) | ms/batch | MFU |",

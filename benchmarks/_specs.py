@@ -158,6 +158,10 @@ def build_model(spec: ModelSpec) -> nn.Module:
     try:
         return _import_timm().create_model(spec.name, pretrained=False, **kwargs)
     except TypeError as err:
+        # timm checks no keyword: an unknown one surfaces as Python's TypeError from the model
+        # class. Only that one is the user's; any other TypeError is a bug and propagates.
+        if "unexpected keyword argument" not in str(err):
+            raise
         raise InputError(f"timm:{spec.name} does not accept {sorted(kwargs)}: {err}") from None
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,7 +26,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import backbones
-from benchmarks._env import environment, save_result
+from backbones.errors import run_command
+from benchmarks._env import describe, environment, save_result
 from tasks.classification.data.cifar import (
     MEAN,
     NUM_CLASSES,
@@ -136,6 +138,7 @@ def measure_models(args: argparse.Namespace, device: torch.device) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    env = environment()  # the code as it is when the run starts
     device = torch.device(args.device)
     torch.manual_seed(0)
     inputs = measure_input_paths(args, device)
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = dict(
         benchmark="cifar_throughput",
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        environment=environment(),
+        environment=env,
         input_images_per_s={k: round(v, 1) for k, v in inputs.items()},
         train_images_per_s={k: round(v, 1) for k, v in models.items()},
         gpu_resident_over_model=round(inputs["gpu_resident"] / models[subject], 3),
@@ -160,12 +163,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"gpu_resident / {subject}: {result['gpu_resident_over_model']:.2f} (goal >= 1.2 on a GPU)")
     print(f"dataloader / {subject}: {result['dataloader_over_model']:.2f}")
     print(f"{subject} / {baseline}: {result['se_over_plain']:.3f} (goal >= 0.85)")
-    env = result["environment"]
-    print(f"({env.get('gpu', env['cpu'])}, torch {env['torch']}, {args.precision}, "
-          f"batch {args.batch_size}, channels_last={args.channels_last})")
+    print(f"({args.precision}, batch {args.batch_size}, channels_last={args.channels_last}; "
+          f"{describe(result['environment'])})")
     save_result(result, args.out)
     return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("cifar_throughput", main))

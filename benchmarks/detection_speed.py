@@ -1,6 +1,6 @@
 """Seconds per training iteration of Faster R-CNN FPN with an SE trunk against its plain twin.
 
-Issue 4's goal: ``se_resnet50`` / ``resnet50`` seconds per iteration <= 1.10 on a GPU.
+The project's goal: ``se_resnet50`` / ``resnet50`` seconds per iteration <= 1.10 on a GPU.
 
     python -m benchmarks.detection_speed --engine detectron2 --device cuda --precision bf16
     python -m benchmarks.detection_speed --engine torchvision --device cpu --image-size 320 \\
@@ -25,8 +25,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._env import environment, save_result
-from benchmarks.throughput import PRECISIONS, _autocast, _rotated, check_autocast, time_calls
+from backbones.errors import run_command
+from benchmarks._env import describe, environment, save_result
+from benchmarks.throughput import (
+    PRECISIONS,
+    _autocast,
+    _device,
+    _rotated,
+    check_autocast,
+    time_calls,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 1.10
@@ -159,9 +167,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("detection_speed: error: --device cuda, but CUDA is not available")
+    env = environment()  # the code as it is when the run starts
+    device = _device(args.device)
     check_autocast(device, args.precision)
     dtype = PRECISIONS[args.precision]
     generator = torch.Generator().manual_seed(0)
@@ -181,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ratios = [a / b for a, b in zip(seconds[se], seconds[plain])]
     result = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "environment": environment(),
+        "environment": env,
         "seconds_per_iter": {t: round(statistics.median(s), 4) for t, s in seconds.items()},
         "ratio": round(statistics.median(ratios), 4),
         "ratio_min_max": [round(min(ratios), 4), round(max(ratios), 4)],
@@ -194,12 +201,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"| {args.engine} | {result['environment'].get('gpu', result['environment']['cpu'])} "
           f"| {args.precision} | {result['seconds_per_iter'][se]:.3f} "
           f"| {result['seconds_per_iter'][plain]:.3f} | **{result['ratio']:.3f}** "
-          f"| {GOAL}: {result['goal_status']} |")
+          f"| {GOAL}: {result['goal_status']} |\n({describe(result['environment'])})")
     save_result(result, args.out)
     return result
 
 
 if __name__ == "__main__":
     start = time.perf_counter()
-    main(sys.argv[1:])
+    status = run_command("detection_speed", main)
     print(f"({time.perf_counter() - start:.0f} s)")
+    sys.exit(status)

@@ -19,7 +19,6 @@ site.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import types
 from collections.abc import Iterator, Sequence
@@ -30,10 +29,11 @@ import torch
 from torch import nn
 
 import backbones
-from backbones.errors import InputError
+from backbones.errors import InputError, run_command
 from backbones.layers.se import ResidualSE, SEBlock
-from benchmarks._env import environment, save_result
-from benchmarks.throughput import _device, _rotated, make_step, time_calls
+from benchmarks._env import describe, environment, save_result
+from benchmarks._variants import median_ms, paired_ratio, time_variants, variants_table
+from benchmarks.throughput import _device, make_step
 
 VARIANTS = ("plain", "structure", "squeeze", "full")
 
@@ -104,6 +104,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
+    env = environment()  # the code as it is when the run starts
     device = _device(args.device)
     model = backbones.create_model(args.model).to(device).train(args.mode == "train")
     blocks = standard_se_blocks(model)
@@ -113,27 +114,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     x = torch.randn(args.batch_size, channels, height, width, device=device)
     y = torch.randint(0, model.num_classes, (args.batch_size,), device=device)
     step = make_step(model, x, y, train=args.mode == "train", dtype=None)
-
-    seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    for name in VARIANTS:
-        with variant(blocks, name):
-            time_calls(step, args.warmup, device)
-    for repeat in range(args.repeats):
-        for name in _rotated(VARIANTS, repeat):
-            with variant(blocks, name):
-                seconds[name].append(time_calls(step, args.calls, device) / args.calls)
-
-    plain = seconds["plain"]
+    seconds = time_variants(
+        lambda name: step, VARIANTS, warmup=args.warmup, repeats=args.repeats, calls=args.calls,
+        device=device, around=lambda name: variant(blocks, name),
+    )  # fmt: skip
     result = {
         "benchmark": "se_breakdown",
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "environment": environment(),
+        "environment": env,
         "se_blocks": len(blocks),
-        "ms_per_call": {k: round(1e3 * statistics.median(v), 3) for k, v in seconds.items()},
-        "time_over_plain": {
-            k: round(statistics.median(a / b for a, b in zip(v, plain)), 4)
-            for k, v in seconds.items()
-        },
+        "ms_per_call": median_ms(seconds),
+        "time_over_plain": {k: paired_ratio(seconds, k, "plain") for k in seconds},
     }
     print(_markdown(result))
     save_result(result, args.out)
@@ -143,27 +134,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def _markdown(result: dict) -> str:
     s, env = result["settings"], result["environment"]
     lines = [
-        f"{s['model']} ({result['se_blocks']} SE blocks), {s['mode']}, {s['device']} "
-        f"({env.get('gpu', env['cpu'])}), batch {s['batch_size']}, {s['repeats']} rounds x "
-        f"{s['calls']} calls; torch {env['torch']}, {env['threads']} threads, "
-        f"commit {env['git_commit']}, {env['date']}.",
+        f"{s['model']} ({result['se_blocks']} SE blocks), {s['mode']}, {s['device']}, "
+        f"batch {s['batch_size']}, {s['repeats']} rounds x {s['calls']} calls; {describe(env)}.",
         "",
-        "| variant | ms per call (median) | time / plain (paired median) |",
-        "|---|---|---|",
     ]
-    ms, ratio = result["ms_per_call"], result["time_over_plain"]
-    lines += [f"| {name} | {ms[name]:.2f} | {ratio[name]:.4f} |" for name in VARIANTS]
+    lines += variants_table(
+        result["ms_per_call"], result["time_over_plain"], unit="call", baseline="plain"
+    )
     return "\n".join(lines)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.se_breakdown``: exit code 2 and one line on bad input."""
-    try:
-        main(argv)
-    except (ValueError, KeyError) as err:
-        print(f"se_breakdown: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("se_breakdown", lambda: main(argv))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training and inference throughput of SE models against their plain twins and timm's models.
 
-Issue 5's goals, evaluated at the end of every run (a goal whose settings differ from the run's
-is reported "not measured"):
+The project's speed goals, evaluated at the end of every run (a goal whose settings differ from
+the run's is reported "not measured"):
 
 - ``se_resnet50`` trains at >= 0.90x ``resnet50``'s images/s (GPU, bf16, channels_last, compiled);
 - ``se_resnet50`` trains at >= 1.0x (stretch 1.1) timm's ``seresnet50``, same stride convention
@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbones.errors import InputError
+from backbones.errors import InputError, run_command
 from backbones.weights.resnet import check_timm_conventions
 from benchmarks._env import environment, save_result
 from benchmarks._goals import evaluate_goals, to_markdown
@@ -263,14 +263,15 @@ def _plain_baseline(spec: ModelSpec) -> ModelSpec | None:
 
 
 def _conventions(ours: nn.Module, theirs: nn.Module) -> str:
-    """"same", "differ: ..." (stride or stem pool placed differently) or "unchecked"."""
+    """"same", "differ: ..." (stride or stem pool placed differently) or "unchecked" (not two
+    ResNet-style models with a strided bottleneck in ``layer2``)."""
+    if not all(hasattr(getattr(m, "layer2", [None])[0], "conv1") for m in (ours, theirs)):
+        return "unchecked"
     try:
         check_timm_conventions(ours, theirs)
-    except ValueError as err:
+    except InputError as err:
         return f"differ: {err}"
-    except (AttributeError, IndexError, TypeError):
-        return "unchecked"
-    return "same" if hasattr(ours, "layer2") and hasattr(theirs, "layer2") else "unchecked"
+    return "same"
 
 
 def find_pairs(benches: list[Bench]) -> list[dict]:
@@ -481,12 +482,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.throughput``: exit code 2 and one line on bad input."""
-    try:
-        main(argv)
-    except ValueError as err:
-        print(f"throughput: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("throughput", lambda: main(argv))
 
 
 if __name__ == "__main__":

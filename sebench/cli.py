@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
+
+from backbones.errors import DEBUG_ENV, run_command
 
 # Commands with a parser of their own (LightningCLI, detectron2's): their arguments are handed
 # over untouched (DDP relaunches the same command line on every rank). OWN_PARSER_COMMANDS map
@@ -54,7 +57,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sebench",
         description="Squeeze-and-Excitation networks: backbones and downstream benchmarks.",
-        epilog="Run `sebench COMMAND --help` for a command's options.",
+        epilog="Run `sebench COMMAND --help` for a command's options. A mistake in the input "
+        "(a name, a value, a file) is reported in one line with exit status 2; any other error "
+        f"shows its traceback. --debug (or {DEBUG_ENV}=1) shows the traceback always.",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"print the traceback of every error (sets {DEBUG_ENV}=1 for the command and the "
+        "processes it starts); before the command: sebench --debug fit ...",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     if command in ARGPARSE_COMMANDS:
@@ -71,6 +82,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--debug":
+        # Through the environment: the Lightning and detectron2 commands parse their own
+        # arguments, and the processes they start (DDP ranks) inherit it.
+        os.environ[DEBUG_ENV] = "1"
+        argv = argv[1:]
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from tasks.classification.cli import main as lightning_main
 
@@ -86,12 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return module.main(argv[1:]) or 0
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
-    try:
-        return args.run(args) or 0
-    except ValueError as err:
-        # Bad user input (unknown model, keyword, knob value): one clear line, no traceback.
-        print(f"sebench {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(f"sebench {args.command}", lambda: args.run(args))
 
 
 if __name__ == "__main__":

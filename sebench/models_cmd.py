@@ -13,7 +13,7 @@ from backbones.errors import InputError
 def _kwarg(text: str) -> tuple[str, Any]:
     try:
         ((key, value),) = backbones.parse_kwargs([text], "--kwarg").items()
-    except ValueError as err:
+    except InputError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
     return key, value
 

@@ -1,4 +1,4 @@
-"""What the project's Lightning tasks share: the stop on a non-finite loss, and LightningCLI setup.
+"""What the project's Lightning tasks share: LightningCLI setup, run layout, checkpoints, errors.
 
 Every task's CLI (``sebench fit|validate|test``, ``sebench tv-detect ...``) lays out its runs the
 same way, ``<default_root_dir>/<dataset>/<experiment>/``: ``checkpoints/`` shared by the
@@ -21,38 +21,53 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from backbones.errors import InputError, MissingFileError, run_command
+
+from ._nonfinite import NonFiniteLossError
+
 __all__ = [
     "ExperimentCLI",
     "NonFiniteLossError",
     "best_and_latest_checkpoints",
     "default_loggers",
     "run_cli",
-    "stop_if_not_finite",
 ]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; training stopped before the update."""
+def _check_accelerator(accelerator: Any) -> None:
+    """A run that asks for CUDA on a machine without it stops here, instead of training on the CPU.
 
+    Lightning's ``"auto"`` picks CUDA where there is one and the CPU otherwise, silently; the
+    project's configs ask for ``"gpu"`` so that a broken driver or a CPU-only torch cannot turn
+    a GPU run into a days-long CPU run.
 
-def stop_if_not_finite(module: lightning.LightningModule, loss: torch.Tensor, advice: str) -> None:
-    """Raise :class:`NonFiniteLossError` on every rank if any rank's ``loss`` is not finite.
-
-    Every rank stops together: one rank raising alone would leave the others waiting in the
-    gradient all-reduce. Raising before backward keeps the weights and the checkpoints on disk
-    untouched.
-
-    Args:
-        module: the module being trained (its trainer's strategy reduces the decision).
-        loss: this rank's training loss.
-        advice: what to do about it, appended to the message.
+    Raises:
+        InputError: ``accelerator`` is "gpu" or "cuda" and torch finds no CUDA device (nor, for
+            "gpu", Apple's MPS); the message names the key to set.
     """
-    bad = not bool(torch.isfinite(loss))
-    if module.trainer.strategy.reduce_boolean_decision(bad, all=False):
-        raise NonFiniteLossError(
-            f"training loss is {loss.item()} (not finite) at epoch {module.current_epoch}, "
-            f"global step {module.global_step}; training stopped before this update. {advice}"
-        )
+    name = str(accelerator).lower() if isinstance(accelerator, str) else None
+    if name not in ("gpu", "cuda") or torch.cuda.is_available():
+        return
+    if name == "gpu" and torch.backends.mps.is_available():
+        return
+    raise InputError(
+        f"trainer.accelerator is {accelerator!r}, but torch finds no CUDA device on this machine "
+        f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}). To train "
+        "on the CPU, set --trainer.accelerator cpu; auto uses CUDA where there is one"
+    )
+
+
+def _check_ckpt_path(ckpt_path: Any) -> None:
+    """A checkpoint file named on the command line must exist ("last", "best" and the like are
+    Lightning's names, resolved by the Trainer; URLs are read by fsspec)."""
+    if not isinstance(ckpt_path, str) or ckpt_path in ("last", "best", "hpc", "registry"):
+        return
+    if "://" in ckpt_path or ckpt_path.startswith("registry:") or Path(ckpt_path).is_file():
+        return
+    raise MissingFileError(
+        f"--ckpt_path {ckpt_path} does not exist; give a checkpoint file, or 'last' to resume "
+        "the experiment's latest state (checkpoints/last.ckpt under the run folder)"
+    )
 
 
 def best_and_latest_checkpoints(
@@ -199,6 +214,8 @@ class ExperimentCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self._subconfig()
+        _check_accelerator(config.get("trainer", {}).get("accelerator"))
+        _check_ckpt_path(config.get("ckpt_path"))
         files = config.get("config") or []
         # The first config file names the experiment; later ones are overrides (e.g. a GPU file).
         self.experiment = (
@@ -239,19 +256,20 @@ def run_cli(cli_class: type[ExperimentCLI], argv: Sequence[str] | None) -> int:
             ``sys.argv[1:]``). DDP relaunches the same command line for the other ranks.
 
     Returns:
-        0 on success; 2 for bad input (a ValueError or FileNotFoundError, e.g. an unknown model
-        or missing data: one clear message, no traceback); 1 when the loss became NaN or inf.
-        Config errors caught by the parser (unknown keys, wrong types) exit with status 2.
+        0 on success; 2 for bad input (an ``InputError``, e.g. an unknown model or missing
+        data: one clear message, no traceback unless ``SEBENCH_DEBUG=1``); 1 when the loss
+        became NaN or inf. Config errors caught by the parser (unknown keys, wrong types) exit
+        with status 2. Any other exception propagates with its traceback.
     """
     args = None if argv is None or list(argv) == sys.argv[1:] else list(argv)
     argv = sys.argv[1:] if args is None else args
     command = argv[0] if argv and not argv[0].startswith("-") else ""
-    try:
+
+    def run() -> None:
         cli_class(args=args)
-    except NonFiniteLossError as err:
-        print(f"{cli_class.prog} {command}: error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as err:
-        print(f"{cli_class.prog} {command}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(
+        f"{cli_class.prog} {command}".rstrip(),
+        run,
+        exit_codes={InputError: 2, NonFiniteLossError: 1},
+    )

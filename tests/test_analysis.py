@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 
 import backbones
+from backbones.errors import InputError
 from backbones.layers import SEBlock
 from backbones.prune import IdentitySE, prune_se, se_blocks, se_sites, select_se_blocks
 from tasks.analysis import add_parsers
@@ -333,3 +334,38 @@ def test_names_through_a_wrapper():
     }  # fmt: skip
     trunk = backbones.create_model("se_resnet50", layers=(1, 1, 1, 1), features_only=True)
     assert list(se_blocks(trunk)) == ["SE_2_1", "SE_3_1", "SE_4_1", "SE_5_1"]
+
+
+@pytest.mark.slow
+def test_prune_se_evaluates_through_the_trainer_on_two_processes(
+    trained: dict[str, Path], tmp_path: Path
+):
+    base = ["prune-se", "--ckpt", str(trained["ckpt"]), *_data_args(trained), "--blocks", "SE_3"]
+    results = {}
+    runs = {"one": [], "two": ["--devices", "2"], "bf16": ["--precision", "bf16-mixed"]}
+    for name, extra in runs.items():
+        assert _sebench([*base, *extra, "--out", str(tmp_path / name)]) == 0
+        results[name] = json.loads((tmp_path / name / "prune_se.json").read_text())
+    one, two, bf16 = results["one"], results["two"], results["bf16"]
+    assert two["devices"] == 2 and bf16["precision"] == "bf16-mixed"
+    # 40 images split evenly over 2 processes: the gathered metrics are the single process's.
+    for key in ("before", "after"):
+        assert two[key]["top1_err"] == pytest.approx(one[key]["top1_err"])
+        assert two[key]["top5_err"] == pytest.approx(one[key]["top5_err"])
+        assert two[key]["loss"] == pytest.approx(one[key]["loss"], rel=1e-4)
+        assert bf16[key]["loss"] == pytest.approx(one[key]["loss"], rel=0.05)
+
+
+def test_data_config_is_checked_by_the_cli_parser(trained: dict[str, Path], tmp_path: Path):
+    config = yaml.safe_load(trained["config"].read_text())
+    config["data"]["init_args"]["batchsize"] = 8
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    base = ["prune-se", "--ckpt", str(trained["ckpt"]), "--device", "cpu", "--blocks", "all"]
+    with pytest.raises(InputError, match="Option 'batchsize' is not accepted"):
+        _sebench([*base, "--data-config", str(bad)])
+    folder = {"data": {"class_path": "ImageFolderDataModule", "init_args": {"data_dir": "x"}}}
+    bad.write_text(yaml.safe_dump(folder))
+    message = r"ImageFolderDataModule has no argument\(s\) \['synthetic'\]"
+    with pytest.raises(InputError, match=message):
+        _sebench([*base, "--data-config", str(bad), "--synthetic"])

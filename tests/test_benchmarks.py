@@ -1,12 +1,14 @@
 """The benchmark scripts run and report their ratios (smoke tests: no speed is asserted here)."""
 
+import copy
 import json
+import subprocess
 
 import pytest
 import torch
 
 import backbones
-from benchmarks import cifar_throughput, detection_speed, se_breakdown
+from benchmarks import _env, cifar_throughput, detection_speed, nonfinite_check, se_breakdown
 
 
 def test_cifar_throughput_reports_both_paths_and_models(tmp_path):
@@ -62,3 +64,43 @@ def test_se_breakdown_variants_and_their_restoration(tmp_path):
     assert result["time_over_plain"]["plain"] == 1.0
     assert all(ms > 0 for ms in result["ms_per_call"].values())
     assert se_breakdown.cli(["--model", "resnet50"]) == 2
+
+
+def test_nonfinite_check_variants_train_alike_and_report(tmp_path):
+    # The guard changes no step: on finite data all four variants train to the same weights.
+    model = backbones.create_model("se_preact_resnet110", layers=[1, 1, 1])
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    copies = {}
+    for name in nonfinite_check.VARIANTS:
+        copies[name] = copy.deepcopy(model)
+        step = nonfinite_check.make_variant(name, copies[name], x, y, dtype=None, check_every=2)
+        for _ in range(3):
+            step()
+    reference = copies["none"].state_dict()
+    for name, trained in copies.items():
+        for key, value in trained.state_dict().items():
+            message = f"{name} {key}"
+            torch.testing.assert_close(value, reference[key], rtol=1e-5, atol=1e-6, msg=message)
+
+    result = nonfinite_check.main([
+        "--model", "se_preact_resnet110[layers=(1,1,1)]", "--batch-size", "2", "--repeats", "2",
+        "--steps", "1", "--warmup", "1", "--check-every", "1", "--out", str(tmp_path / "n.json"),
+    ])
+    assert json.loads((tmp_path / "n.json").read_text()) == result
+    assert set(result["time_over_none"]) == set(nonfinite_check.VARIANTS)
+    assert result["time_over_none"]["none"] == 1.0 and result["guard_over_fused"] > 0
+    assert nonfinite_check.cli(["--check-every", "0"]) == 2
+
+
+def test_environment_records_the_exact_code_measured():
+    env = _env.environment()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=_env.REPO).stdout.strip()  # fmt: skip
+    assert env["git_commit"] == commit and len(commit) == 40
+    status = subprocess.run(["git", "status", "--porcelain", "--", "*.py", "pyproject.toml"],
+                            capture_output=True, text=True, cwd=_env.REPO).stdout  # fmt: skip
+    assert env["git_dirty"] is bool(status.strip()), (env["git_changes"], status)
+    line = _env.describe(env)
+    assert commit[:12] in line and env["torch"] in line
+    if torch.cuda.is_available():
+        assert {"gpu", "driver", "cuda", "cudnn"} <= set(env) and "cuDNN" in line

@@ -22,11 +22,14 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from torch import nn
 
+from tasks._nonfinite import NonFiniteGuard
 from tasks.classification.cli import SEBenchCLI, main
 from tasks.classification.data.cifar import CIFARDataModule
-from tasks.classification.module import ClassificationModule, NonFiniteLossError, lr_factor
+from tasks.classification.module import ClassificationModule, NonFiniteLossError
 from tasks.classification.results import ResultsCallback, markdown_line, paper_result
+from tasks.schedules import lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 # Classification configs; configs/coco/ has tests of its own (detectron2 and torchvision).
@@ -380,6 +383,97 @@ def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in weights), "last.ckpt holds non-finite weights"
 
 
+class _RecordingGuard(NonFiniteGuard):
+    """The module's guard, also writing what its rank saw when it stopped training."""
+
+    def __init__(self, out_dir: str, check_every: int) -> None:
+        super().__init__("(advice)", check_every=check_every)
+        self.out_dir, self.checks = out_dir, 0
+
+    def check(self, trainer):
+        self.checks += 1
+        try:
+            super().check(trainer)
+        except NonFiniteLossError as err:
+            module = trainer.lightning_module
+            params = [p.detach() for p in module.parameters()]
+            unchanged = all(map(torch.equal, params, module.before_bad_step))
+            record = {"message": str(err), "unchanged": unchanged, "checks": self.checks}
+            record["optimizer_steps"] = trainer.global_step
+            Path(self.out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+            raise
+
+
+class _PoisonedModule(ClassificationModule):
+    """One rank's batch of global step 1 turns to NaN; every rank keeps its weights from before."""
+
+    def __init__(self, out_dir: str, poisoned_rank: int, check_every: int = 1000) -> None:
+        super().__init__("se_preact_resnet110", TINY_MODEL, 10, lr=0.05)
+        self.out_dir, self.poisoned_rank, self.check_every = out_dir, poisoned_rank, check_every
+        self.before_bad_step: list[torch.Tensor] = []
+
+    def configure_callbacks(self):
+        return [_RecordingGuard(self.out_dir, self.check_every)]
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.global_step == 1:
+            self.before_bad_step = [p.detach().clone() for p in self.parameters()]
+            if self.global_rank == self.poisoned_rank:
+                batch[0].fill_(float("nan"))
+
+
+def test_no_update_after_a_nan_step_until_the_check_and_no_checkpoint(tmp_path):
+    # The flag is read every 1000 steps: the run of 4 steps stops at the end of its epoch, its
+    # first check; the updates of steps 1-3 were skipped on the device (fused SGD's found_inf).
+    module = _PoisonedModule(str(tmp_path), poisoned_rank=0)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)
+    trainer = lightning.Trainer(**TINY_TRAINER, max_epochs=2, logger=False, callbacks=[checkpoints])
+    expected = r"loss is nan \(not finite\) at epoch 0, global step 1;"
+    with pytest.raises(NonFiniteLossError, match=expected):
+        trainer.fit(module, _tiny_data(tmp_path))
+    record = json.loads((tmp_path / "rank0.json").read_text())
+    assert record["optimizer_steps"] == 4 and record["checks"] == 1, record
+    assert record["unchanged"], "an update was applied after the non-finite step"
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+    assert trainer.optimizers[0].defaults["fused"] is True
+
+
+@pytest.mark.slow
+def test_nan_on_one_ddp_rank_stops_every_rank_before_any_update(tmp_path):
+    module = _PoisonedModule(str(tmp_path), poisoned_rank=1)
+    trainer = lightning.Trainer(
+        **TINY_TRAINER, devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
+        enable_checkpointing=False,
+    )  # fmt: skip
+    with pytest.raises(Exception, match="NonFiniteLossError"):
+        trainer.fit(module, _tiny_data(tmp_path))
+    for rank in (0, 1):
+        record = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        # Rank 0's loss was finite, but the all-reduced gradients were not: it skipped too.
+        assert record["unchanged"], f"rank {rank} applied an update after the NaN step"
+        expected = "loss is nan (not finite) at epoch 0, global step 1 on rank 1 of 2"
+        assert expected in record["message"], record
+
+
+def test_guard_skips_a_step_whose_loss_alone_is_not_finite():
+    # An infinite loss with finite gradients (one rank's, say): a fused optimizer skips it, and
+    # every later step, on the device; a plain optimizer cannot, so it is checked every step.
+    guard = NonFiniteGuard("(advice)")
+    weight = nn.Parameter(torch.ones(3))
+    fused = torch.optim.SGD([weight], lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True)
+    for loss in (float("inf"), 1.0):
+        weight.grad = torch.ones(3)
+        guard.record_loss(torch.tensor(loss), epoch=0, step=7)
+        guard.flag_step(fused)
+        assert guard.skips_on_device(fused)
+        fused.step()
+        assert torch.equal(weight.detach(), torch.ones(3))
+    plain = torch.optim.SGD([weight], lr=0.1)
+    assert not guard.skips_on_device(plain)
+    with pytest.raises(ValueError, match="check_every must be at least 1"):
+        NonFiniteGuard("", check_every=0)
+
+
 @pytest.mark.parametrize(
     "section,key,message",
     [
@@ -403,9 +497,33 @@ def test_unknown_config_key_is_a_clear_error(tmp_path, capsys, section, key, mes
 
 def test_unknown_model_name_is_one_clear_line(tmp_path, capsys):
     argv = ["fit", "--config", str(README_CONFIG), "--model.model_name", "se_preact_resnet11"]
+    argv += ["--trainer.accelerator", "cpu"]
     assert main([*argv, "--trainer.default_root_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "did you mean se_preact_resnet110" in err and "Traceback" not in err, err
+
+
+def test_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
+    argv = ["test", "--config", str(_tiny_config(tmp_path)), "--ckpt_path", "nothing/last.ckpt"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sebench test: error: --ckpt_path nothing/last.ckpt does not exist")
+    assert "Traceback" not in err and not (tmp_path / "runs").exists(), err
+
+
+def test_gpu_config_without_cuda_is_an_error_naming_the_key(tmp_path):
+    # The configs ask for a GPU (trainer.accelerator: gpu). A machine without CUDA, for real: a
+    # process that sees no device (CUDA_VISIBLE_DEVICES empty), here and on a GPU machine alike.
+    command = [sys.executable, "-m", "sebench.cli", "fit", "--config", str(README_CONFIG)]
+    command += ["--trainer.default_root_dir", str(tmp_path / "runs")]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
+    env.pop("SEBENCH_DEBUG", None)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("sebench fit: error: trainer.accelerator is 'gpu', but torch finds no")
+    assert "--trainer.accelerator cpu" in last and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "runs").exists(), "nothing may be written before the error"
 
 
 def test_there_are_16_cifar_configs():
@@ -421,8 +539,9 @@ def test_there_are_16_cifar_configs():
 def test_config_parses_and_builds_model_and_data(tmp_path, path):
     content = yaml.safe_load(path.read_text())
     assert set(content) <= {"seed_everything", "trainer", "model", "data"}, sorted(content)
+    assert content["trainer"]["accelerator"] == "gpu", "a paper recipe asks for a GPU"
     args = ["--config", str(path), "--trainer.default_root_dir", str(tmp_path)]
-    cli = SEBenchCLI(args, run=False)
+    cli = SEBenchCLI([*args, "--trainer.accelerator", "cpu"], run=False)
     model, data = cli.model, cli.datamodule
     assert isinstance(model, ClassificationModule)
     assert model.hparams.model_name == content["model"]["model_name"]

@@ -101,3 +101,17 @@ def test_kwargs_text_round_trip() -> None:
         backbones.parse_kwargs(["se_reduction"])
     with pytest.raises(ValueError, match="gives 'se_gate' twice"):
         backbones.parse_kwargs(["se_gate=tanh", "se_gate=relu"])
+
+
+def test_timm_weights_load_through_the_top_level_api() -> None:
+    timm = pytest.importorskip("timm", reason="timm builds the reference model")
+    reference = timm.create_model("legacy_seresnet50", pretrained=False).eval()
+    x = torch.randn(1, 3, 64, 64)
+    expected = reference(x)
+    model = backbones.create_from_timm("legacy_seresnet50", reference).eval()
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+    name, conventions = backbones.TIMM_EQUIVALENTS["legacy_seresnet50"]
+    by_hand = backbones.create_model(name, **conventions)
+    backbones.load_timm_weights(by_hand, reference.state_dict())
+    torch.testing.assert_close(by_hand.eval()(x), expected, rtol=1e-4, atol=1e-4)
+    assert {"load_timm_weights", "create_from_timm", "TIMM_EQUIVALENTS"} <= set(backbones.__all__)

@@ -128,11 +128,24 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     prune = subparsers.add_parser(
         "prune-se",
         help="turn SE blocks into identities; parameters saved, error before and after",
-        description="Evaluate top-1/top-5 error on the validation data, prune the chosen SE "
-        "blocks (parameter-free identities, no retraining), evaluate again; print a markdown "
-        "table and write JSON (the paper drops SE_5_* of SE-ResNet-50: -4%% parameters).",
+        description="Evaluate top-1/top-5 error on the validation data (Lightning's "
+        "Trainer.validate with the classification module's metrics), prune the chosen SE blocks "
+        "(parameter-free identities, no retraining), evaluate again; print a markdown table and "
+        "write JSON (the paper drops SE_5_* of SE-ResNet-50: -4%% parameters).",
     )
     _add_model_and_data(prune)
+    prune.add_argument(
+        "--devices",
+        type=_positive_int,
+        default=1,
+        help="processes evaluating together (DDP, one per GPU; gloo on the CPU) (default: 1)",
+    )
+    prune.add_argument(
+        "--precision",
+        default="32-true",
+        choices=("32-true", "bf16-mixed", "16-mixed"),
+        help="Lightning precision of the evaluations (default: 32-true)",
+    )
     prune.add_argument(
         "--blocks", nargs="+", required=True, metavar="SEL", help=f"SE blocks, each {SELECTOR_HELP}"
     )

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 import backbones
 from backbones.errors import InputError
 from backbones.prune import se_blocks, se_sites, select_se_blocks
+from tasks.classification.module import ClassificationModule
 
 from . import excitations as ex
 from .loading import (
@@ -57,11 +58,27 @@ def _load(args: argparse.Namespace) -> tuple[LoadedModel, lightning.LightningDat
 
 
 def _data_classes(data: lightning.LightningDataModule) -> int | None:
-    try:
-        value = getattr(data, "num_classes", None)  # ImageFolder's reads the class folders
-    except FileNotFoundError as err:
-        raise InputError(str(err)) from err
+    value = getattr(data, "num_classes", None)  # ImageFolder's reads the class folders
     return int(value) if value is not None else None
+
+
+def _evaluation_trainer(args: argparse.Namespace, device: torch.device) -> lightning.Trainer:
+    """A Trainer that only evaluates: ``--device``, ``--devices`` processes, ``--precision``."""
+    devices: int | list[int] = args.devices
+    if device.index is not None:
+        if args.devices != 1:
+            raise InputError(f"--device {device} names one GPU; use --device cuda --devices N")
+        devices = [device.index]
+    return lightning.Trainer(
+        accelerator=device.type,
+        devices=devices,
+        # Spawned processes: the command goes on in this one, between its two evaluations.
+        strategy="ddp_spawn" if args.devices > 1 else "auto",
+        precision=args.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
 
 
 def _loader_options(args: argparse.Namespace, data: lightning.LightningDataModule) -> dict[str, Any]:
@@ -146,12 +163,17 @@ def run_excitations(args: argparse.Namespace) -> int:
 def run_prune_se(args: argparse.Namespace) -> int:
     """``sebench prune-se``: see the module docstring. Returns 0."""
     device = resolve_device(args.device)
+    trainer = _evaluation_trainer(args, device)
     loaded, data, dataset = _load(args)
     loader = make_loader(dataset, None, device=device, **_loader_options(args, data))
-    result = prune_and_evaluate(loaded.model, args.blocks, loader, device=device)
+    # The classification module evaluates (its torchmetrics, DDP, precision); its model is the
+    # checkpoint's, already loaded (and pruned where the checkpoint lacks SE blocks).
+    module = ClassificationModule(loaded.model_name, loaded.model_kwargs, loaded.num_classes)
+    module.model = loaded.model
+    result = prune_and_evaluate(trainer, module, args.blocks, loader)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = _meta(loaded, data)
+    meta = {**_meta(loaded, data), "precision": args.precision, "devices": args.devices}
     if args.save:
         save = Path(args.save)
         save.parent.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
-import inspect
 import sys
+from argparse import ArgumentError
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,11 +25,12 @@ import lightning
 import numpy as np
 import torch
 import yaml
+from lightning.pytorch.cli import LightningArgumentParser
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import backbones
-from backbones.errors import InputError
+from backbones.errors import InputError, MissingFileError
 from backbones.prune import prune_se, se_sites
 from backbones.weights.checkpoint import read_checkpoint
 
@@ -140,7 +140,7 @@ def load_classifier(
 
 def _data_section(config_file: Path) -> dict[str, Any]:
     if not config_file.is_file():
-        raise InputError(f"data config {config_file} does not exist")
+        raise MissingFileError(f"data config {config_file} does not exist")
     try:
         config = yaml.safe_load(config_file.read_text())
     except yaml.YAMLError as err:
@@ -154,22 +154,14 @@ def _data_section(config_file: Path) -> dict[str, Any]:
     return section
 
 
-def _data_class(class_path: str) -> type[lightning.LightningDataModule]:
-    module_name, _, attr = class_path.rpartition(".")
-    try:
-        module = importlib.import_module(module_name or "tasks.classification")
-        cls = getattr(module, attr)
-    except (ImportError, AttributeError) as err:
-        import tasks.classification as known
+def _data_parser() -> LightningArgumentParser:
+    """The ``data`` part of ``sebench fit``'s LightningCLI parser: any LightningDataModule by
+    ``class_path`` and ``init_args``, the project's also by their short names."""
+    import tasks.classification  # noqa: F401  (the project's data modules, by short name)
 
-        raise InputError(
-            f"data class_path {class_path!r} cannot be imported ({err}); the project's data "
-            f"modules: {', '.join('tasks.classification.' + n for n in known.__all__ if 'Data' in n)}"
-        ) from err
-    if not (isinstance(cls, type) and issubclass(cls, lightning.LightningDataModule)):
-        # A ValueError, not a TypeError: bad user input, which the CLI reports in one line.
-        raise InputError(f"data class_path {class_path!r} is not a LightningDataModule")  # noqa: TRY004
-    return cls
+    parser = LightningArgumentParser(exit_on_error=False)
+    parser.add_lightning_class_args(lightning.LightningDataModule, "data", subclass_mode=True)
+    return parser
 
 
 def build_data_module(
@@ -182,6 +174,9 @@ def build_data_module(
 ) -> lightning.LightningDataModule:
     """The data module of a config's ``data:`` section, or a CIFAR one from the shortcuts.
 
+    The section is checked and built by the LightningCLI parser ``sebench fit`` uses, so a key
+    or value it would reject is rejected here with the same message.
+
     Args:
         data_config: YAML file with a ``data:`` section (``class_path`` + ``init_args``) or that
             section alone.
@@ -191,57 +186,46 @@ def build_data_module(
         overrides: further ``init_args`` (e.g. ``batch_size``), applied where the class has them.
 
     Raises:
-        ValueError: neither or both sources given, a bad config, or an unknown argument.
+        InputError: neither or both sources given, a bad config, or an unknown argument.
     """
     if (data_config is None) == (dataset is None):
         raise InputError("give the data either as --data-config FILE.yaml or as --dataset NAME")
     if data_config is not None:
         section = _data_section(Path(data_config))
-        cls = _data_class(str(section["class_path"]))
-        init_args = dict(section.get("init_args") or {})
     else:
-        from tasks import classification
-
-        cls, init_args = classification.CIFARDataModule, {"dataset": dataset}
-    accepted = set(inspect.signature(cls).parameters)
-    extra = {k: v for k, v in (overrides or {}).items() if v is not None}
+        section = {"class_path": "CIFARDataModule", "init_args": {"dataset": dataset}}
+    parser = _data_parser()
+    try:
+        config = parser.parse_object({"data": section})
+    except ArgumentError as err:  # the parser's only error: this input does not fit
+        raise InputError(f"{data_config or dataset}: {err}") from None
+    init_args = config.data.init_args
+    requested = {k: v for k, v in (overrides or {}).items() if v is not None}
     if data_dir is not None:
-        extra["data_dir"] = data_dir
+        requested["data_dir"] = data_dir
     if synthetic:
-        extra["synthetic"] = True
+        requested["synthetic"] = True
+    unknown = sorted(set(requested) - set(vars(init_args)))
+    if unknown:
+        raise InputError(
+            f"{config.data.class_path} has no argument(s) {unknown}; its arguments: "
+            f"{', '.join(vars(init_args))}"
+        )
     # The commands sample classes from a Dataset (not the GPU-resident loader) and pin memory
     # themselves when the device is CUDA.
-    extra.update({k: False for k in ("gpu_resident", "pin_memory") if k in accepted})
-    if init_args.get("decode") == "gpu":  # the items of a GPU-decoding module are still bytes
-        extra["decode"] = "cpu"
-    init_args.update(extra)
-    unknown = sorted(set(init_args) - accepted)
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(accepted), n=2)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise InputError(
-            f"{cls.__name__} has no argument(s) {unknown}.{hint} Its arguments: "
-            f"{', '.join(sorted(accepted))}"
-        )
-    try:
-        return cls(**init_args)
-    except TypeError as err:
-        raise InputError(f"{cls.__name__}({init_args}): {err}") from err
+    requested.update({k: False for k in ("gpu_resident", "pin_memory") if k in init_args})
+    if getattr(init_args, "decode", None) == "gpu":  # a GPU-decoding module's items are bytes
+        requested["decode"] = "cpu"
+    for key, value in requested.items():
+        init_args[key] = value
+    return parser.instantiate_classes(config).data
 
 
 def eval_dataset(data: lightning.LightningDataModule) -> Dataset:
-    """The validation split of a data module (evaluation transform), after prepare and setup.
-
-    Raises:
-        ValueError: missing files (FileNotFoundError from the module, re-raised with its text).
-    """
-    try:
-        data.prepare_data()
-        data.setup("validate")
-        loader = data.val_dataloader()
-    except FileNotFoundError as err:
-        raise InputError(str(err)) from err
-    dataset = getattr(loader, "dataset", None)
+    """The validation split of a data module (evaluation transform), after prepare and setup."""
+    data.prepare_data()
+    data.setup("validate")
+    dataset = getattr(data.val_dataloader(), "dataset", None)
     if dataset is None:
         raise InputError(f"{type(data).__name__}.val_dataloader() has no dataset to sample from")
     return dataset

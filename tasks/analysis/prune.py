@@ -13,14 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+import lightning
 from torch import nn
 from torch.utils.data import DataLoader
 
 from backbones.errors import InputError
 from backbones.prune import prune_se, select_se_blocks
-
-from .loading import progress
+from tasks.classification.module import ClassificationModule
 
 __all__ = ["count_parameters", "evaluate", "markdown_table", "prune_and_evaluate", "write_result"]
 
@@ -30,60 +29,53 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module, loader: DataLoader, *, device: torch.device, desc: str = "evaluate"
-) -> dict[str, float]:
-    """Top-1 and top-5 error (%) of ``model`` (eval mode) over ``loader``.
+def evaluate(trainer: lightning.Trainer, module: ClassificationModule, loader: DataLoader) -> dict:
+    """Top-1 and top-5 error (%) and loss of ``module`` over ``loader``, with ``trainer.validate``.
+
+    The classification module's own metrics (torchmetrics, summed over the processes under
+    DDP), under the trainer's precision.
 
     Returns:
-        ``{"top1_err", "top5_err", "images"}``; top-5 is top-``min(5, classes)``.
+        ``{"top1_err", "top5_err", "loss", "images"}``; top-5 is top-``min(5, classes)``.
     """
-    model.eval().to(device)
-    images = correct1 = correct5 = 0
-    for batch, labels in progress(loader, total=len(loader), desc=desc):
-        logits = model(batch.to(device, non_blocking=True)).float()
-        labels = labels.to(device)
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top == labels[:, None]
-        correct1 += int(hits[:, 0].sum())
-        correct5 += int(hits.any(1).sum())
-        images += len(labels)
+    images = len(loader.dataset)
     if images == 0:
         raise InputError("the validation data is empty: nothing to evaluate")
+    (metrics,) = trainer.validate(module, dataloaders=loader, verbose=False)
     return {
-        "top1_err": 100.0 * (1 - correct1 / images),
-        "top5_err": 100.0 * (1 - correct5 / images),
+        "top1_err": float(metrics["val/top1_err"]),
+        "top5_err": float(metrics["val/top5_err"]),
+        "loss": float(metrics["val/loss"]),
         "images": images,
     }
 
 
 def prune_and_evaluate(
-    model: nn.Module,
+    trainer: lightning.Trainer,
+    module: ClassificationModule,
     blocks: Sequence[str],
     loader: DataLoader,
-    *,
-    device: torch.device,
 ) -> dict[str, Any]:
-    """Evaluate ``model``, prune ``blocks`` (in place), evaluate again.
+    """Evaluate ``module``, prune ``blocks`` of its model (in place), evaluate again.
 
     Args:
-        model: a registry model with SE blocks.
+        trainer: runs the evaluations (devices, precision).
+        module: a classification module whose model has SE blocks.
         blocks: selectors of ``backbones.prune.select_se_blocks`` (e.g. ``["SE_5"]``).
         loader: validation batches.
-        device: where to run.
 
     Returns:
         ``pruned`` (block names), ``params_before`` / ``params_after`` / ``params_saved`` /
         ``params_saved_pct`` (of the model before), ``before`` and ``after`` (:func:`evaluate`),
         and ``delta_top1_err`` / ``delta_top5_err`` (after minus before, percentage points).
     """
+    model = module.model
     params_before = count_parameters(model)
     select_se_blocks(model, blocks)  # a bad selector fails before the (long) evaluation
-    before = evaluate(model, loader, device=device, desc="before pruning")
+    before = evaluate(trainer, module, loader)
     pruned = prune_se(model, blocks)
     params_after = count_parameters(model)
-    after = evaluate(model, loader, device=device, desc="after pruning")
+    after = evaluate(trainer, module, loader)
     saved = params_before - params_after
     return {
         "pruned": pruned,

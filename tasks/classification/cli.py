@@ -77,9 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             DDP relaunches the same command line for the other ranks.
 
     Returns:
-        0 on success; 2 for bad input (a ValueError or FileNotFoundError, e.g. an unknown model
-        or missing data: one clear message, no traceback); 1 when the loss became NaN or inf.
-        Config errors caught by the parser (unknown keys, wrong types) exit with status 2.
+        0 on success; 2 for bad input (an ``InputError``, e.g. an unknown model or missing
+        data: one clear message, no traceback unless ``SEBENCH_DEBUG=1``); 1 when the loss
+        became NaN or inf. Config errors caught by the parser (unknown keys, wrong types) exit
+        with status 2. Any other exception propagates with its traceback.
     """
     return run_cli(SEBenchCLI, argv)
 

@@ -11,7 +11,6 @@ Komodakis's epochs 60/120/160 of 200 are ``[0.3, 0.6, 0.8]``.
 from __future__ import annotations
 
 import functools
-import math
 import random
 from typing import Any, Literal, Sequence
 
@@ -25,68 +24,10 @@ from torchmetrics.classification import MulticlassAccuracy
 import backbones
 from backbones.errors import InputError
 
-from .._lightning import NonFiniteLossError, stop_if_not_finite
+from .._nonfinite import NonFiniteGuard, NonFiniteLossError, sgd
+from ..schedules import check_schedule, step_scheduler
 
-__all__ = ["ClassificationModule", "NonFiniteLossError", "lr_factor"]
-
-SCHEDULES = ("multistep", "step", "cosine", "constant")
-WARMUPS = ("constant", "linear")
-
-
-def lr_factor(
-    step: int,
-    *,
-    total_steps: float,
-    schedule: str,
-    milestones: Sequence[float],
-    gamma: float,
-    step_every: float | None,
-    warmup_steps: int,
-    warmup_factor: float,
-    warmup: str,
-) -> float:
-    """Learning rate at optimizer step ``step`` as a multiple of the base learning rate.
-
-    Args:
-        step (int): optimizer steps taken so far (0 for the first update).
-        total_steps (float): optimizer steps of the whole run.
-        schedule (str): one of ``SCHEDULES``.
-        milestones (Sequence[float]): "multistep": fractions of ``total_steps`` where the rate is
-            multiplied by ``gamma``.
-        gamma (float): decay factor of "multistep" and "step".
-        step_every (float | None): "step": decay every this fraction of ``total_steps``.
-        warmup_steps (int): steps of warm-up before the schedule takes over.
-        warmup_factor (float): warm-up rate as a multiple of the base rate.
-        warmup (str): "constant" (He et al.: a fixed low rate, then the jump) or "linear" (from
-            ``warmup_factor`` up to the schedule's value at ``warmup_steps``).
-
-    Returns:
-        The multiplier of the base learning rate.
-    """
-    if step < warmup_steps:
-        if warmup == "constant":
-            return warmup_factor
-        end = lr_factor(
-            warmup_steps,
-            total_steps=total_steps,
-            schedule=schedule,
-            milestones=milestones,
-            gamma=gamma,
-            step_every=step_every,
-            warmup_steps=0,
-            warmup_factor=warmup_factor,
-            warmup=warmup,
-        )
-        return warmup_factor + (end - warmup_factor) * step / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = step / total_steps
-    if schedule == "multistep":
-        return gamma ** sum(progress >= m for m in milestones)
-    if schedule == "step":
-        # The small epsilon keeps exact multiples (0.3 * 10 / 10 ...) on the decayed side.
-        return gamma ** math.floor(progress / step_every + 1e-9)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+__all__ = ["ClassificationModule", "NonFiniteLossError"]
 
 
 class ClassificationModule(lightning.LightningModule):
@@ -117,7 +58,13 @@ class ClassificationModule(lightning.LightningModule):
         channels_last (bool): run the backbone in channels-last memory format (False).
         compile (bool): ``torch.compile`` the backbone in place; checkpoints keep plain
             parameter names (False).
+
+    A NaN or infinite loss or gradient stops training with ``NonFiniteLossError`` on every
+    rank; no update is applied from that step on and no checkpoint written after it. The flag
+    is read on the host every ``nonfinite_check_every`` optimizer steps (100), not every step.
     """
+
+    nonfinite_check_every = 100
 
     def __init__(
         self,
@@ -142,7 +89,7 @@ class ClassificationModule(lightning.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        _check_schedule(schedule, milestones, step_every, warmup, warmup_steps)
+        check_schedule(schedule, milestones, step_every, warmup, warmup_steps)
         # Plain lists and dicts (not tuples): save_hyperparameters reads these locals, and
         # hparams.yaml must load with yaml.safe_load.
         model_kwargs = dict(model_kwargs or {})
@@ -195,14 +142,17 @@ class ClassificationModule(lightning.LightningModule):
         images, target = batch
         logits = self._logits(images)
         loss = self._loss(logits, target)
-        stop_if_not_finite(
-            self, loss, "The last good checkpoint (last.ckpt, written at the end of the previous "
-            "epoch) is kept: lower the learning rate or add warm-up, then resume with "
-            "--ckpt_path last",
-        )
         self.metrics["train_top1"].update(logits.detach(), target)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def configure_callbacks(self) -> list[lightning.Callback]:
+        # Stops on a NaN/inf loss or gradient without a host sync per step (tasks/_nonfinite.py).
+        advice = (
+            "The last good checkpoint (last.ckpt) is kept: lower the learning rate or add "
+            "warm-up, then resume with --ckpt_path last"
+        )
+        return [NonFiniteGuard(advice, check_every=self.nonfinite_check_every)]
 
     def on_train_epoch_start(self) -> None:
         # Checkpoints are written at the end of the epoch, before the trainer counts it as done.
@@ -242,23 +192,18 @@ class ClassificationModule(lightning.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        optimizer = torch.optim.SGD(
+        optimizer = sgd(
+            self.trainer,
             self._param_groups(),
             lr=hp.lr,
             momentum=hp.momentum,
             nesterov=hp.nesterov,
             weight_decay=hp.weight_decay,
         )
-        total_steps = self.trainer.estimated_stepping_batches
-        if hp.schedule != "constant" and not math.isfinite(total_steps):
-            raise InputError(
-                f"schedule={hp.schedule!r} needs the run's length, but the trainer cannot "
-                "estimate it; set --trainer.max_epochs or --trainer.max_steps"
-            )
         warmup_lr = hp.lr / 10 if hp.warmup_lr is None else hp.warmup_lr
-        factor = functools.partial(
-            lr_factor,
-            total_steps=max(total_steps, 1),
+        scheduler = step_scheduler(
+            self.trainer,
+            optimizer,
             schedule=hp.schedule,
             milestones=tuple(hp.milestones),
             gamma=hp.gamma,
@@ -267,11 +212,7 @@ class ClassificationModule(lightning.LightningModule):
             warmup_factor=warmup_lr / hp.lr,
             warmup=hp.warmup,
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def _param_groups(self) -> list[dict[str, Any]]:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -295,33 +236,6 @@ class ClassificationModule(lightning.LightningModule):
         states = checkpoint.get("rng_states")
         if states is not None and self._trainer is not None and self._trainer.state.fn == "fit":
             _set_rng_states(states)
-
-
-def _check_schedule(
-    schedule: str,
-    milestones: Sequence[float],
-    step_every: float | None,
-    warmup: str,
-    warmup_steps: int,
-) -> None:
-    if schedule not in SCHEDULES:
-        raise InputError(f"schedule={schedule!r} is not supported; expected one of {SCHEDULES}")
-    if warmup not in WARMUPS:
-        raise InputError(f"warmup={warmup!r} is not supported; expected one of {WARMUPS}")
-    if warmup_steps < 0:
-        raise InputError(f"warmup_steps={warmup_steps} must be >= 0")
-    if schedule == "multistep" and (
-        list(milestones) != sorted(milestones) or any(not 0 < m <= 1 for m in milestones)
-    ):
-        raise InputError(
-            f"milestones={list(milestones)} must be increasing fractions of the run in (0, 1], "
-            "e.g. [0.5, 0.75] for 32k and 48k of 64k iterations"
-        )
-    if schedule == "step" and (step_every is None or not 0 < step_every <= 1):
-        raise InputError(
-            f"schedule='step' needs step_every, a fraction of the run in (0, 1] "
-            f"(e.g. 0.3: every 30 of 100 epochs); got step_every={step_every}"
-        )
 
 
 def _rng_states() -> dict[str, Any]:

@@ -14,7 +14,9 @@ from pycocotools.cocoeval import COCOeval
 
 from backbones.errors import InputError
 
-__all__ = ["AP_KEYS", "IOU_TYPES", "coco_ap", "coco_box_ap", "load_coco"]
+from .coco import load_coco
+
+__all__ = ["AP_KEYS", "IOU_TYPES", "coco_ap", "coco_box_ap", "coco_index"]
 
 # The first six of COCOeval.stats, named as detectron2's COCOEvaluator names them.
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -22,14 +24,19 @@ AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = ("bbox", "segm")
 
 
-def load_coco(json_file: str | Path, *, verbose: bool = False) -> COCO:
-    """pycocotools' COCO index of an instances file, without its progress prints by default."""
+def coco_index(document: dict[str, Any], *, verbose: bool = False) -> COCO:
+    """pycocotools' COCO index over a parsed instances file (``coco.load_coco``'s), so a file is
+    parsed once (``COCO(path)`` would parse it again); without its prints by default."""
+    coco = COCO()
+    coco.dataset = document
     with _quiet(verbose):
-        return COCO(str(json_file))
+        coco.createIndex()
+    return coco
 
 
 @contextlib.contextmanager
-def _quiet(verbose: bool) -> Any:
+def _quiet(verbose: bool = False) -> Any:
+    """pycocotools prints while it indexes and evaluates: silence it unless ``verbose``."""
     if verbose:
         yield
         return
@@ -77,7 +84,7 @@ def coco_ap(
     if iou_type not in IOU_TYPES:
         raise InputError(f"iou_type={iou_type!r} is not supported; expected one of {IOU_TYPES}")
     if not isinstance(coco_gt, COCO):
-        coco_gt = load_coco(coco_gt, verbose=verbose)
+        coco_gt = coco_index(load_coco(coco_gt), verbose=verbose)
     if not detections:
         # COCO.loadRes cannot index an empty result list; nothing detected is 0 AP.
         return {key: 0.0 for key in AP_KEYS}
@@ -101,14 +108,8 @@ def _annotations_copied(coco_gt: COCO) -> COCO:
     """An index over copies of the annotations: mask AP replaces each ground-truth polygon by
     its RLE in place, which would break other readers of the index (the data module's dataset
     decodes the polygons into training masks)."""
-    copy = COCO()
-    copy.dataset = {
-        **coco_gt.dataset,
-        "annotations": [dict(a) for a in coco_gt.dataset.get("annotations", [])],
-    }
-    with _quiet(False):
-        copy.createIndex()
-    return copy
+    annotations = [dict(a) for a in coco_gt.dataset.get("annotations", [])]
+    return coco_index({**coco_gt.dataset, "annotations": annotations})
 
 
 def _plain(detections: list[dict[str, Any]], iou_type: str) -> list[dict[str, Any]]:

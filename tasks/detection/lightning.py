@@ -11,11 +11,7 @@ precision and DDP come from the Trainer's flags (``precision="bf16-mixed"``,
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -31,11 +27,11 @@ from torchvision.datasets import CocoDetection, VisionDataset, wrap_dataset_for_
 from torchvision.transforms import v2
 
 from backbones.errors import InputError
-from tasks._lightning import stop_if_not_finite
-from tasks.classification.module import lr_factor
+from tasks._nonfinite import NonFiniteGuard, sgd
+from tasks.schedules import check_schedule, step_scheduler
 
 from .coco import COCOFormatError, COCOSummary, check_coco, load_coco
-from .evaluation import AP_KEYS, coco_ap
+from .evaluation import AP_KEYS, coco_ap, coco_index
 from .torchvision_model import DETECTORS, build_detector
 
 __all__ = [
@@ -316,7 +312,7 @@ class COCODetectionDataModule(lightning.LightningDataModule):
         transforms = _transforms(
             label_of_category, train=split == "train", flip=self.horizontal_flip, masks=self.masks
         )
-        base = _IndexedCocoDetection(image_root, _coco_index(document), transforms)
+        base = _IndexedCocoDetection(image_root, coco_index(document), transforms)
         keys = ("image_id", "boxes", "labels", "iscrowd") + (("masks",) if self.masks else ())
         dataset = wrap_dataset_for_transforms_v2(base, target_keys=keys)
         if split != "train":
@@ -396,15 +392,6 @@ def _check_segmentations(json_file: Path, document: dict[str, Any]) -> None:
         )
 
 
-def _coco_index(document: dict[str, Any]) -> COCO:
-    """A pycocotools index over an already-parsed document (``COCO(path)`` would parse again)."""
-    coco = COCO()
-    coco.dataset = document
-    with _quiet():  # pycocotools prints while it indexes
-        coco.createIndex()
-    return coco
-
-
 class _IndexedCocoDetection(CocoDetection):
     """torchvision's ``CocoDetection`` over a ready pycocotools index.
 
@@ -416,10 +403,6 @@ class _IndexedCocoDetection(CocoDetection):
         VisionDataset.__init__(self, str(root), transforms=transforms)
         self.coco = coco
         self.ids = sorted(coco.imgs)
-
-
-def _quiet() -> Any:
-    return contextlib.redirect_stdout(io.StringIO())
 
 
 class DetectionModule(lightning.LightningModule):
@@ -462,7 +445,12 @@ class DetectionModule(lightning.LightningModule):
         gamma (float): decay factor at each milestone (0.1).
         warmup_steps (int): optimizer steps of linear warm-up (1000).
         warmup_factor (float): warm-up start as a multiple of ``lr`` (0.001).
+
+    A NaN or infinite loss or gradient stops training as in ``ClassificationModule``, the flag
+    read every ``nonfinite_check_every`` optimizer steps (100).
     """
+
+    nonfinite_check_every = 100
 
     def __init__(
         self,
@@ -488,16 +476,9 @@ class DetectionModule(lightning.LightningModule):
     ) -> None:
         super().__init__()
         milestones = [float(m) for m in milestones]
-        if milestones != sorted(milestones) or any(not 0 < m <= 1 for m in milestones):
-            raise InputError(
-                f"milestones={milestones} must be increasing fractions of the run in (0, 1], "
-                "e.g. [0.6667, 0.8889] for 120k and 160k of 180k iterations"
-            )
-        if warmup_steps < 0 or not 0 < warmup_factor <= 1:
-            raise InputError(
-                f"warmup_steps={warmup_steps} must be >= 0 and warmup_factor={warmup_factor} "
-                "in (0, 1]"
-            )
+        check_schedule("multistep", milestones, None, "linear", warmup_steps)
+        if not 0 < warmup_factor <= 1:
+            raise InputError(f"warmup_factor={warmup_factor} must be in (0, 1]")
         if detector not in DETECTORS:
             raise InputError(
                 f"model.detector={detector!r} is not supported; expected one of {list(DETECTORS)}"
@@ -547,10 +528,6 @@ class DetectionModule(lightning.LightningModule):
         losses = self.model(images, targets)
         # Float32 sum: under bf16 autocast the parts come back in low precision.
         loss = sum(value.float() for value in losses.values())
-        stop_if_not_finite(
-            self, loss, "Lower the learning rate or lengthen the warm-up, then resume with "
-            "--ckpt_path last",
-        )
         batch_size = len(images)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
         for name, value in losses.items():
@@ -559,6 +536,13 @@ class DetectionModule(lightning.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.trained_steps = self.global_step
+
+    def configure_callbacks(self) -> list[lightning.Callback]:
+        # Stops on a NaN/inf loss or gradient without a host sync per step (tasks/_nonfinite.py).
+        advice = (
+            "Lower the learning rate or lengthen the warm-up, then resume with --ckpt_path last"
+        )
+        return [NonFiniteGuard(advice, check_every=self.nonfinite_check_every)]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.trained_steps = int(checkpoint.get("global_step", 0))
@@ -630,18 +614,11 @@ class DetectionModule(lightning.LightningModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
-        )
-        total_steps = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total_steps):
-            raise InputError(
-                "the step schedule needs the run's length, but the trainer cannot estimate it; "
-                "set --trainer.max_steps or --trainer.max_epochs"
-            )
-        factor = functools.partial(
-            lr_factor,
-            total_steps=max(total_steps, 1),
+        optimizer = sgd(self.trainer, params, lr=hp.lr, momentum=hp.momentum,
+                        weight_decay=hp.weight_decay)  # fmt: skip
+        scheduler = step_scheduler(
+            self.trainer,
+            optimizer,
             schedule="multistep",
             milestones=tuple(hp.milestones),
             gamma=hp.gamma,
@@ -650,11 +627,7 @@ class DetectionModule(lightning.LightningModule):
             warmup_factor=hp.warmup_factor,
             warmup="linear",
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
 def _distributed() -> bool:

@@ -531,7 +531,10 @@ class CIFARDataModule(L.LightningDataModule):
         try:
             dataset = _READERS[self._dataset](str(self.data_dir), train=train, transform=transform)
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
-            raise InputError(self._unreadable_message(train, err)) from err
+            problem = self._unreadable_file(train)
+            if problem is None:
+                raise  # every file reads as a CIFAR pickle: the failure is not the data's
+            raise InputError(problem) from err
         self._check_labels(dataset, train)
         return dataset
 
@@ -606,7 +609,8 @@ class CIFARDataModule(L.LightningDataModule):
         ]
         return "\n".join(lines)
 
-    def _unreadable_message(self, train: bool, err: Exception) -> str:
+    def _unreadable_file(self, train: bool) -> str | None:
+        """The first file of the split that is not a CIFAR pickle, and why (None: none)."""
         reader = _READERS[self._dataset]
         for name, _ in reader.train_list if train else reader.test_list:
             try:
@@ -614,9 +618,11 @@ class CIFARDataModule(L.LightningDataModule):
                     entry = pickle.load(handle, encoding="latin1")
                 if "data" not in entry or np.asarray(entry["data"]).size % (3 * 32 * 32):
                     return f"{self.folder / name}: no 'data' array of 3072-byte rows"
+                if "labels" not in entry and "fine_labels" not in entry:
+                    return f"{self.folder / name}: no 'labels' (CIFAR-10) or 'fine_labels' list"
             except Exception as file_err:  # noqa: BLE001 - any failure names this file
                 return f"{self.folder / name}: not a CIFAR pickle ({file_err!r})"
-        return f"{self.folder}: torchvision could not read the {self._dataset} files ({err!r})"
+        return None
 
     def _loader(self, split: str) -> DataLoader | GPUResidentLoader:
         if split not in self._splits:

@@ -33,8 +33,14 @@ from backbones.errors import InputError
 
 from .decode import CropSampler, Normalize, PILDecode, ReducedDecode
 from .gpu_decode import DeviceDecoder, EncodedBatch, PlanOnly, collate_encoded
-from .shards import ShardSamples, ShardsInfo, check_info, read_info, training_loader
-from .shards import training_stream
+from .shards import (
+    ShardSamples,
+    ShardsInfo,
+    check_info,
+    read_info,
+    training_loader,
+    training_stream,
+)
 
 TRAIN_CROPS = ("random_resized", "random")
 DECODES = ("cpu", "pil", "gpu")

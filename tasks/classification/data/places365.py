@@ -150,21 +150,24 @@ def _read_list(
         raise  # our own checks (a missing file list) already name the problem
     except (ValueError, AttributeError, TypeError) as err:
         # torchvision's parser fails on a blank line or a non-integer label without naming either
-        raise InputError(f"{list_file}: {_first_malformed_line(list_file)} ({err})") from err
+        problem = _first_malformed_line(list_file)
+        if problem is None:
+            raise  # every line parses: the failure is not the file list's
+        raise InputError(f"{list_file}: {problem} ({err})") from err
     _check_labels(dataset.labels, num_classes=num_classes, list_file=list_file)
     dataset.labels = np.asarray(dataset.labels, dtype=np.int64)
     _check_sample(dataset, list_file=list_file, layout=layout)
     return dataset
 
 
-def _first_malformed_line(list_file: str) -> str:
+def _first_malformed_line(list_file: str) -> str | None:
     line_no = 0
     with open(list_file) as fh:
         for line_no, line in enumerate(fh, 1):
             fields = line.split()
             if len(fields) not in (1, 2) or not fields[-1].lstrip("-").isdigit():
                 return f"line {line_no}: expected 'IMAGE LABEL', got {line.rstrip()!r}"
-    return "cannot parse the file list" if line_no else "the file list is empty"
+    return None if line_no else "the file list is empty"
 
 
 def _check_labels(labels: Sequence[int | None], *, num_classes: int, list_file: str) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
-from backbones.errors import InputError
+from backbones.errors import InputError, MissingFileError
 
 from ..coco import COCOSummary, check_coco
 
@@ -140,9 +140,9 @@ def check_datasets(names: list[str]) -> dict[str, COCOSummary]:
         files = dataset_files(name)
         try:
             summaries[name] = check_coco(files.json_file, files.image_root)
-        except FileNotFoundError as err:
+        except MissingFileError as err:
             raise DatasetError(f"data set {name!r}: {err}{_layout_hint(name)}") from err
-        except ValueError as err:
+        except InputError as err:
             raise DatasetError(f"data set {name!r}: {err}") from err
         _check_categories(name, files, summaries[name])
     return summaries

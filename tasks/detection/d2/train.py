@@ -36,7 +36,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 
-from backbones.errors import InputError
+from backbones.errors import InputError, run_command
 
 from ..evaluation import AP_KEYS
 from ..paper import PAPER_LINE_HEADER, paper_line
@@ -363,23 +363,24 @@ def main(argv: Sequence[str]) -> int:
     """``sebench detect train|eval ...``: argv is everything after ``detect``.
 
     Returns:
-        0, or 2 after one line on stderr for bad input (config, data, device, weights).
+        0, or 2 after one line on stderr for bad input (config, data, device, weights: an
+        ``InputError``; ``SEBENCH_DEBUG=1`` adds its traceback). Any other error propagates
+        with its traceback.
     """
     args = parse_args(argv)
-    try:
+
+    def run() -> None:
         prepare(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"sebench detect {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    launch(
-        worker,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
-    return 0
+        launch(
+            worker,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+
+    return run_command(f"sebench detect {args.command}", run)
 
 
 if __name__ == "__main__":
