@@ -116,7 +116,8 @@ def write_msra_pkl(model: nn.Module, meta_arch: str, path: Path) -> Path:
         blobs[caffe2_name(name)] = value.numpy()
     # detectron2's own converter reads the names back as detectron2's.
     assert convert_basic_c2_names(list(blobs)) == names
-    blobs["fc1000_w"], blobs["fc1000_b"] = torch.randn(1000, 2048).numpy(), torch.zeros(1000).numpy()
+    blobs["fc1000_w"] = torch.randn(1000, 2048).numpy()
+    blobs["fc1000_b"] = torch.zeros(1000).numpy()
     with path.open("wb") as f:
         pickle.dump(blobs, f)
     return path
@@ -267,7 +268,8 @@ def coco80_val_set(root: Path) -> list[str]:
         for c in COCO_CATEGORIES
         if c["isthing"]
     ]
-    json_path.write_text(json.dumps({**json.loads(json_path.read_text()), "categories": categories}))
+    document = json.loads(json_path.read_text())
+    json_path.write_text(json.dumps({**document, "categories": categories}))
     return ["--val-json", str(json_path), "--val-images", str(image_dir)]
 
 
@@ -284,7 +286,9 @@ def test_eval_of_a_model_zoo_checkpoint_gives_detectron2s_detections(tmp_path: P
 
     # detectron2's own model on the same registered data set, with its own evaluator.
     cfg = detectron2_cfg("fpn", "DATASETS.TEST", "('sebench_coco_val',)")
-    evaluator = COCOEvaluator("sebench_coco_val", distributed=False, output_dir=str(tmp_path / "d2"))
+    evaluator = COCOEvaluator(
+        "sebench_coco_val", distributed=False, output_dir=str(tmp_path / "d2")
+    )
     loader = build_detection_test_loader(cfg, "sebench_coco_val")
     expected = inference_on_dataset(theirs, loader, evaluator)["bbox"]
 

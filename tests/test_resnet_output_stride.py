@@ -57,7 +57,7 @@ def test_dilation_of_each_block(dilate_first_block: bool) -> None:
         # timm and torchvision keep the previous stage's dilation in the first block;
         # detectron2 (RES5_DILATION) and mmdetection dilate the whole stage.
         first = dilation if dilate_first_block else dilation // 2
-        assert blocks[0].conv2.dilation == (first, first) and blocks[0].conv2.padding == (first,) * 2
+        assert blocks[0].conv2.dilation == blocks[0].conv2.padding == (first, first)
         assert all(block.conv2.dilation == (dilation, dilation) for block in blocks[1:])
         assert blocks[0].conv1.stride == blocks[0].conv2.stride == (1, 1)
         assert blocks[0].downsample[0].stride == (1, 1)

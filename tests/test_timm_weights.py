@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import backbones
-import backbones.vgg  # noqa: F401  (the family without a timm weight map)
+import backbones.vgg  # the family without a timm weight map, for the error below
 from backbones.weights import TIMM_EQUIVALENTS, create_from_timm, load_timm_weights
 
 timm = pytest.importorskip("timm", reason="timm is needed to build the reference models")

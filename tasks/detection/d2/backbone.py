@@ -211,6 +211,7 @@ def build_sebench_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
             f"MODEL.FPN.IN_FEATURES {in_features} asks for {missing}, which "
             f"MODEL.RESNETS.OUT_FEATURES {bottom_up_features} does not produce"
         )
+    bottom_up = _trunk_from_cfg(cfg, bottom_up_features)
     if "res5" in in_features and cfg.MODEL.RESNETS.RES5_DILATION != 1:
         raise InputError(
             "MODEL.RESNETS.RES5_DILATION 2 keeps res5 at res4's stride (16), but detectron2's "
@@ -218,7 +219,7 @@ def build_sebench_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
             "MODEL.FPN.IN_FEATURES or set RES5_DILATION 1"
         )
     return FPN(
-        bottom_up=_trunk_from_cfg(cfg, bottom_up_features),
+        bottom_up=bottom_up,
         in_features=in_features,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,

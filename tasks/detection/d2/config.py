@@ -157,13 +157,15 @@ def _build(name: str, kwargs: dict[str, Any]) -> ResNet:
         ) from err
 
 
-def _check_architecture_keys(cfg: CfgNode, name: str, built: dict[str, int | bool]) -> None:
+def _check_architecture_keys(
+    cfg: CfgNode, name: str, kwargs: dict[str, Any], built: dict[str, int | bool]
+) -> None:
     resnets = cfg.MODEL.RESNETS
     if resnets.DEPTH != built["DEPTH"]:
+        trunk = f"{name} {format_kwargs(kwargs)}" if kwargs else name
         raise InputError(
-            f"MODEL.RESNETS.DEPTH is {resnets.DEPTH} but the trunk {name} "
-            f"{format_kwargs(sebench_model_args(cfg)[1])} has {built['DEPTH']} layers; set "
-            f"MODEL.RESNETS.DEPTH {built['DEPTH']} (the depth comes from MODEL.SEBENCH)"
+            f"MODEL.RESNETS.DEPTH is {resnets.DEPTH} but the trunk {trunk} has {built['DEPTH']} "
+            f"layers; set MODEL.RESNETS.DEPTH {built['DEPTH']} (the depth comes from MODEL.SEBENCH)"
         )
     for key, default in ARCHITECTURE_KEYS.items():
         if resnets[key] != default and resnets[key] != built[key]:
@@ -241,7 +243,7 @@ def create_trunk(cfg: CfgNode) -> ResNet:
     name, kwargs = sebench_model_args(cfg)
     with torch.device("meta"):  # the architecture alone: no memory, no initialisation cost
         built = resnets_keys(_build(name, kwargs))
-    _check_architecture_keys(cfg, name, built)
+    _check_architecture_keys(cfg, name, kwargs, built)
     return _build(name, _honoured_kwargs(cfg, name, kwargs, built))
 
 
@@ -290,8 +292,10 @@ def check_pixel_format(cfg: CfgNode) -> None:
         InputError: naming the keys to set, when the config feeds them anything else.
     """
     weights = cfg.MODEL.WEIGHTS
-    msra = "ImageNetPretrained/MSRA/" in weights or weights in MSRA_WEIGHTS.values()
-    if not msra and Path(weights).name not in ("R-50.pkl", "R-101.pkl"):
+    if "ImageNetPretrained/MSRA/" not in weights and Path(weights).name not in (
+        "R-50.pkl",
+        "R-101.pkl",
+    ):
         return
     given = (cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD))
     if given != ("BGR", MSRA_PIXEL_MEAN, MSRA_PIXEL_STD):
@@ -305,6 +309,8 @@ def check_pixel_format(cfg: CfgNode) -> None:
 
 def imagenet_weights_hint(cfg: CfgNode) -> str:
     """Where the ImageNet weights of the config's trunk come from, as a user would type it."""
+    if "build_sebench" not in cfg.MODEL.BACKBONE.NAME:  # detectron2's own ResNet
+        return f"MODEL.WEIGHTS detectron2://ImageNetPretrained/MSRA/R-{cfg.MODEL.RESNETS.DEPTH}.pkl"
     name = cfg.MODEL.SEBENCH.NAME
     if name in MSRA_WEIGHTS and cfg.MODEL.SEBENCH.KWARGS == []:
         pixels = " ".join(MSRA_PIXEL_FORMAT)

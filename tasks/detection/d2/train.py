@@ -70,9 +70,9 @@ Data: DATASETS.TRAIN/TEST name detectron2's builtin COCO splits (coco_2017_train
 read from $DETECTRON2_DATASETS/coco/{annotations/instances_{train,val}2017.json,{train,val}2017/};
 --train-json/--val-json register any COCO instances file with its image folder instead.
 With MODEL.DEVICE cpu (no CUDA), --num-gpus N starts N CPU processes (gloo).
-Weights: MODEL.WEIGHTS takes detectron2's own checkpoints as they are (detectron2://ImageNetPretrained/
-MSRA/R-50.pkl with INPUT.FORMAT BGR, MODEL.PIXEL_MEAN [103.53, 116.28, 123.675], MODEL.PIXEL_STD
-[1.0, 1.0, 1.0]; model-zoo detectors) and `sebench convert-weights` files.
+Weights: MODEL.WEIGHTS takes detectron2's own checkpoints as they are (model-zoo detectors;
+detectron2://ImageNetPretrained/MSRA/R-50.pkl with INPUT.FORMAT BGR, MODEL.PIXEL_MEAN
+[103.53, 116.28, 123.675], MODEL.PIXEL_STD [1.0, 1.0, 1.0]) and `sebench convert-weights` files.
 """
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -188,7 +189,10 @@ class SEBenchTrainer(DefaultTrainer):
         self.last_eval_results: dict[str, Any] | None = None
         self.eval_seconds: float | None = None
         self.throughput = ThroughputHook(cfg.SOLVER.IMS_PER_BATCH)  # build_hooks registers it
-        with cpu_ddp(cfg.MODEL.DEVICE):
+        with cpu_ddp(cfg.MODEL.DEVICE), warnings.catch_warnings():
+            # With AMP, DefaultTrainer makes an AMPTrainer whose GradScaler (deprecated
+            # torch.cuda.amp, "CUDA is not available" on the CPU) we replace right after.
+            warnings.filterwarnings("ignore", message=r".*GradScaler")
             super().__init__(cfg)
         # DefaultTrainer picks SimpleTrainer or its CUDA AMPTrainer; ours also runs CPU bf16.
         self._trainer = build_step_trainer(cfg, self.model, self.data_loader, self.optimizer)
