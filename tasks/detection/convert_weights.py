@@ -14,9 +14,10 @@ gives, ``backbones/weights/detectron2.py``) under the module names of one layout
 
 One layout per file, so ``DetectionCheckpointer`` reports no unexpected trunk keys. The
 classifier is dropped, and so is ``num_batches_tracked`` (detectron2's default FrozenBN has none).
-A plain ResNet converted this way is also a checkpoint of detectron2's own ResNet backbone.
-detectron2's own checkpoints (``R-50.pkl``, model-zoo detectors) need no conversion: our trunks
-load them as they are. This module needs no detectron2: conversion only renames tensors.
+A plain ResNet converted this way also loads into detectron2's own ResNet (with the same
+``MODEL.RESNETS`` keys). detectron2's own checkpoints (``R-50.pkl``, model-zoo detectors) need no
+conversion: our trunks load them as they are. This module needs no detectron2: conversion only
+renames tensors.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 ``SEBenchTrainer`` is a ``DefaultTrainer`` built by ``DefaultTrainer.__init__`` itself, so it
 follows detectron2 as it changes (model, optimizer, data loader, scheduler, checkpointer, hooks,
-resume). What it changes:
+resume). ``DefaultTrainer`` has no hook for two things it fixes in its ``__init__``, the DDP
+wrapping and the step trainer: the first is adjusted while that ``__init__`` runs
+(``cpu_ddp``), the second replaced after it. What changes:
 
 - DDP on the CPU: detectron2 wraps the model with ``device_ids=[local_rank]``, which PyTorch
   rejects for a CPU module; CPU processes get ``device_ids=None`` (gloo does the all-reduce).

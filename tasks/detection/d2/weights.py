@@ -55,7 +55,7 @@ def use_detectron2_names(module: nn.Module, *, what: str, allow_partial_load: bo
 
     Args:
         module (nn.Module): the trunk, or the C4 head's res5.
-        what (str): how messages name it, e.g. "trunk (MODEL.SEBENCH.NAME resnet50)".
+        what (str): how messages name it, e.g. "trunk (resnet50)".
         allow_partial_load (bool): warn instead of raising when tensors are left unloaded.
     """
     module.sebench_trunk = what  # marks the module for report_missing_weights
@@ -124,9 +124,8 @@ def _fill_folded_norm_statistics(
         if not all(isinstance(t, torch.Tensor) for t in stats):
             continue
         key = f"{prefix}{name}." if name else prefix
-        if key + "weight" in state_dict and not {key + "running_mean", key + "running_var"} & set(
-            state_dict
-        ):
+        statistics = (key + "running_mean", key + "running_var")
+        if key + "weight" in state_dict and not any(k in state_dict for k in statistics):
             state_dict[key + "running_mean"] = torch.zeros_like(stats[0])
             state_dict[key + "running_var"] = torch.ones_like(stats[1])
 
