@@ -210,7 +210,8 @@ def test_kwargs_load_from_yaml_and_command_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("opts", "pattern"),
     [
-        (["MODEL.RESNETS.DEPTH", "101"], r"DEPTH is 101 but the trunk resnet50 has 50 layers; set MODEL.RESNETS.DEPTH 50"),
+        (["MODEL.RESNETS.DEPTH", "101"],
+         r"DEPTH is 101 but the trunk resnet50 has 50 layers; set MODEL.RESNETS.DEPTH 50"),
         (["MODEL.RESNETS.NUM_GROUPS", "32"], r"NUM_GROUPS is 32 but the trunk resnet50 has 1"),
         (["MODEL.RESNETS.WIDTH_PER_GROUP", "4"], r"WIDTH_PER_GROUP is 4 but .* has 64"),
         (["MODEL.RESNETS.RES2_OUT_CHANNELS", "64"], r"RES2_OUT_CHANNELS is 64 but .* has 256"),
