@@ -24,8 +24,16 @@ from .layers.se import PLACEMENTS, ResidualSE, SEConfig
 __all__ = ["ResNet", "Bottleneck"]
 
 
-def _conv_bn(in_chs: int, out_chs: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    conv = nn.Conv2d(in_chs, out_chs, kernel, stride=stride, padding=kernel // 2, bias=False)
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def _conv_bn(
+    in_chs: int, out_chs: int, kernel: int, stride: int = 1, dilation: int = 1
+) -> nn.Sequential:
+    padding = dilation * (kernel // 2)
+    conv = nn.Conv2d(
+        in_chs, out_chs, kernel, stride=stride, padding=padding, dilation=dilation, bias=False
+    )
     return nn.Sequential(conv, nn.BatchNorm2d(out_chs))
 
 
@@ -38,6 +46,7 @@ class Bottleneck(ResidualSE, nn.Module):
         first_chs (int): output channels of the first 1x1 conv.
         mid_chs (int): output channels of the 3x3 conv.
         stride (int): spatial stride of the block.
+        dilation (int): dilation (and padding) of the 3x3 conv.
         groups (int): groups of the 3x3 conv (ResNeXt cardinality).
         stride_in_1x1 (bool): put the stride on the first 1x1 conv (Caffe, as in the paper's FLOP
             counts) instead of the 3x3 conv (torchvision).
@@ -54,6 +63,7 @@ class Bottleneck(ResidualSE, nn.Module):
         first_chs: int,
         mid_chs: int,
         stride: int = 1,
+        dilation: int = 1,
         groups: int = 1,
         stride_in_1x1: bool = True,
         downsample: nn.Module | None = None,
@@ -65,7 +75,8 @@ class Bottleneck(ResidualSE, nn.Module):
         self.conv1 = nn.Conv2d(in_chs, first_chs, 1, stride=stride_1x1, bias=False)
         self.bn1 = nn.BatchNorm2d(first_chs)
         self.conv2 = nn.Conv2d(
-            first_chs, mid_chs, 3, stride=stride_3x3, padding=1, groups=groups, bias=False
+            first_chs, mid_chs, 3, stride=stride_3x3, padding=dilation, dilation=dilation,
+            groups=groups, bias=False,
         )
         self.bn2 = nn.BatchNorm2d(mid_chs)
         self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False)
@@ -118,6 +129,12 @@ class ResNet(Backbone):
             official SENet weights were trained with (False: padding 1).
         downsample_kernel (int): kernel of the strided projection shortcuts (1; SENet-154: 3).
         drop_rate (float): dropout before the classifier (0.0; SENet-154: 0.2).
+        output_stride (int): 32, or 16 / 8 for denser features: the last stage (16), or the last
+            two (8), keep their input resolution and dilate their 3x3 convs instead (x2, x4),
+            as timm's ``output_stride`` (32).
+        dilate_first_block (bool): in a dilated stage, dilate the first block's 3x3 conv too,
+            as detectron2 (``MODEL.RESNETS.RES5_DILATION``) and mmdetection do; False keeps the
+            previous stage's dilation there, as timm and torchvision do (False).
         se (SEConfig | None): SE configuration (None: plain). Built from ``se_*`` keywords by
             ``create_model``.
     """
@@ -139,41 +156,59 @@ class ResNet(Backbone):
         stem_pool_ceil: bool = False,
         downsample_kernel: int = 1,
         drop_rate: float = 0.0,
+        output_stride: int = 32,
+        dilate_first_block: bool = False,
         se: SEConfig | None = None,
     ) -> None:
         super().__init__()
         if len(layers) != 4:
             raise InputError(f"layers must give 4 stage depths (conv2_x..conv5_x), got {layers}")
+        if output_stride not in OUTPUT_STRIDES:
+            raise InputError(
+                f"output_stride={output_stride!r} is not supported; expected one of "
+                f"{list(OUTPUT_STRIDES)}"
+            )
         self.stem, in_chs = _make_stem(stem, in_chans)
         self.add_feature(in_chs, 2, "stem")
         self.pool = (nn.MaxPool2d(3, stride=2, ceil_mode=True) if stem_pool_ceil
                      else nn.MaxPool2d(3, stride=2, padding=1))
+        reduction, dilation = 4, 1
         for i, depth in enumerate(layers):
             planes = 64 * 2**i
             mid_chs = planes * base_width // 64 * cardinality
+            stride, previous_dilation = (1 if i == 0 else 2), dilation
+            if reduction * stride > output_stride:  # dilate instead of striding
+                stride, dilation = 1, dilation * stride
             stage = self._make_stage(
-                in_chs, planes * 4, depth, stride=1 if i == 0 else 2, stage=i + 2,
+                in_chs, planes * 4, depth, stride=stride, stage=i + 2,
+                dilations=(dilation if dilate_first_block else previous_dilation, dilation),
                 mid_chs=mid_chs, first_chs=int(mid_chs * first_width_ratio), groups=cardinality,
                 stride_in_1x1=stride_in_1x1, downsample_kernel=downsample_kernel, se=se,
             )
             self.add_module(f"layer{i + 1}", stage)
-            in_chs = planes * 4
-            self.add_feature(in_chs, 4 * 2**i, f"layer{i + 1}")
+            in_chs, reduction = planes * 4, reduction * stride
+            self.add_feature(in_chs, reduction, f"layer{i + 1}")
         self.init_head(in_chs, num_classes, drop_rate)
         init_weights(self)
 
     @staticmethod
     def _make_stage(
-        in_chs: int, out_chs: int, depth: int, *, stride: int, downsample_kernel: int, **block_args: Any
+        in_chs: int, out_chs: int, depth: int, *, stride: int, dilations: tuple[int, int],
+        downsample_kernel: int, **block_args: Any
     ) -> nn.Sequential:
+        """``depth`` bottlenecks; the first takes the stride and ``dilations[0]``, the rest
+        ``dilations[1]``."""
         blocks = []
         for j in range(depth):
             downsample = None
+            dilation = dilations[0] if j == 0 else dilations[1]
             if j == 0 and (stride != 1 or in_chs != out_chs):
-                kernel = downsample_kernel if stride > 1 else 1
-                downsample = _conv_bn(in_chs, out_chs, kernel, stride)
+                # SENet-154's 3x3 projection stays 3x3 (dilated) in a stage that dilates
+                # instead of striding, as in timm.
+                kernel = downsample_kernel if stride > 1 or dilations[1] > 1 else 1
+                downsample = _conv_bn(in_chs, out_chs, kernel, stride, dilation)
             blocks.append(Bottleneck(in_chs, out_chs, stride=stride if j == 0 else 1,
-                                     downsample=downsample, **block_args))
+                                     dilation=dilation, downsample=downsample, **block_args))
             in_chs = out_chs
         return nn.Sequential(*blocks)
 

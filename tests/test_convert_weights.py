@@ -63,7 +63,8 @@ def run_cli(argv: list[str]) -> int:
     [
         ("fpn", {"stem": "backbone.bottom_up.stem", "layer1": "backbone.bottom_up.res2",
                  "layer4": "backbone.bottom_up.res5"}),
-        ("c4", {"stem": "backbone.stem", "layer3": "backbone.res4", "layer4": "roi_heads.res5"}),
+        ("c4", {"stem": "backbone.stem", "layer1": "backbone.res2", "layer3": "backbone.res4",
+                "layer4": "roi_heads.res5"}),
     ],
 )
 def test_layouts_rename_every_trunk_tensor(meta_arch: str, expected: dict[str, str]) -> None:
@@ -78,6 +79,11 @@ def test_layouts_rename_every_trunk_tensor(meta_arch: str, expected: dict[str, s
         d2_key = key.replace(registry_prefix, d2_prefix, 1)
         assert converted[d2_key] is state[key]
     assert not any(k.endswith("num_batches_tracked") for k in converted)
+    # detectron2's own names: the norm inside its conv, the projection as "shortcut".
+    stage = expected["layer1"]
+    assert converted[f"{stage}.0.conv2.norm.running_var"] is state["layer1.0.bn2.running_var"]
+    assert converted[f"{stage}.0.shortcut.weight"] is state["layer1.0.downsample.0.weight"]
+    assert converted[f"{stage}.0.shortcut.norm.bias"] is state["layer1.0.downsample.1.bias"]
     with pytest.raises(ValueError, match="'fc.weight' is not a trunk weight"):
         detectron2_state_dict({"fc.weight": torch.zeros(1)}, meta_arch)
 
@@ -99,6 +105,7 @@ def test_plain_state_dict_converts_with_imagenet_defaults(tmp_path: Path, capsys
     assert lines["MODEL.WEIGHTS"] == str(out)
     assert lines["MODEL.BACKBONE.NAME"] == "build_sebench_fpn_backbone"
     assert lines["MODEL.SEBENCH.NAME"] == "se_resnet50"
+    assert (lines["MODEL.RESNETS.DEPTH"], lines["MODEL.RESNETS.STRIDE_IN_1X1"]) == ("14", "True")
     assert backbones.parse_kwargs(json.loads(shlex.split(lines["MODEL.SEBENCH.KWARGS"])[0])) == {
         "se_reduction": 8, "layers": (1, 1, 1, 1)}
     mean = json.loads(shlex.split(lines["MODEL.PIXEL_MEAN"])[0])
@@ -161,7 +168,7 @@ def test_lightning_checkpoint_names_its_model_and_data(tmp_path: Path) -> None:
     assert result.pixel_std == pytest.approx([v * 255 for v in STD["cifar10"]], abs=1e-3)
     state = torch.load(result.path, weights_only=False)["model"]
     trained = module.model.layer4[0].bn1
-    assert torch.equal(state["roi_heads.res5.0.bn1.running_mean"], trained.running_mean)
+    assert torch.equal(state["roi_heads.res5.0.conv1.norm.running_mean"], trained.running_mean)
     assert trained.running_mean.abs().sum() > 0, "one training step moved the BN statistics"
     with pytest.raises(ValueError, match="holds a resnet50, not a se_resnet50"):
         convert(tmp_path / "x.pth", meta_arch="c4", checkpoint=tmp_path / "run.ckpt",
@@ -222,7 +229,10 @@ def test_d2_timm_weights_give_timm_features(tmp_path: Path, meta_arch: str) -> N
     source = save(timm_model.state_dict(), tmp_path / "legacy_seresnet50.pth")
     result = convert(tmp_path / "timm.pth", meta_arch=meta_arch, timm_name="legacy_seresnet50",
                      timm_checkpoint=source)
-    assert result.model_kwargs == {"stem_pool_ceil": True, "stride_in_1x1": True}
+    # The Caffe max-pool as a keyword; the stride position as detectron2's own key; no dropout
+    # (the trunk has no classifier).
+    assert result.model_kwargs == {"stem_pool_ceil": True}
+    assert (result.depth, result.stride_in_1x1) == (50, True)
     assert result.pixel_mean == pytest.approx([123.675, 116.28, 103.53])
     d2_model = _detectron2_model(meta_arch, result.opts())
     assert d2_model.input_format == "RGB"

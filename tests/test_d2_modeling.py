@@ -11,7 +11,7 @@ pytest.importorskip("detectron2", reason="detectron2 is not installed (optional,
 import torch
 from detectron2 import model_zoo
 from detectron2.config import get_cfg
-from detectron2.layers import FrozenBatchNorm2d
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, ROI_HEADS_REGISTRY, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -28,6 +28,8 @@ BUILDERS = {
     "fpn": ["MODEL.BACKBONE.NAME", "build_sebench_fpn_backbone"],
 }
 TINY = '["layers=(1, 1, 1, 1)"]'  # one block per stage: fast, same structure
+# MODEL.RESNETS.DEPTH must say the trunk's depth: 1 + 3 x 4 blocks + 1.
+TINY_OPTS = ["MODEL.SEBENCH.KWARGS", TINY, "MODEL.RESNETS.DEPTH", "14"]
 
 
 def make_cfg(meta_arch: str, name: str = "se_resnet50", *opts: str):
@@ -109,8 +111,8 @@ def test_c4_shapes_and_res5_head() -> None:
 
 
 def test_fpn_shapes_and_keys() -> None:
-    cfg = make_cfg("fpn", "resnext50_32x4d", "MODEL.SEBENCH.KWARGS", TINY,
-                   "MODEL.FPN.OUT_CHANNELS", "64")
+    cfg = make_cfg("fpn", "resnext50_32x4d", *TINY_OPTS, "MODEL.FPN.OUT_CHANNELS", "64",
+                   "MODEL.RESNETS.STRIDE_IN_1X1", "False")
     backbone = build_model(cfg).backbone
     bottom_up = backbone.bottom_up.output_shape()
     assert {k: (v.channels, v.stride) for k, v in bottom_up.items()} == {
@@ -133,7 +135,7 @@ def _trunk_stages(model: nn.Module, meta_arch: str) -> dict[str, nn.Module]:
 
 @pytest.mark.parametrize(("meta_arch", "freeze_at"), [("fpn", 0), ("fpn", 2), ("c4", 5)])
 def test_freeze_at(meta_arch: str, freeze_at: int) -> None:
-    cfg = make_cfg(meta_arch, "se_resnet50", "MODEL.SEBENCH.KWARGS", TINY,
+    cfg = make_cfg(meta_arch, "se_resnet50", *TINY_OPTS,
                    "MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", str(freeze_at))
     stages = _trunk_stages(build_model(cfg), meta_arch)
     for index, (name, stage) in enumerate(stages.items()):
@@ -147,7 +149,7 @@ def test_freeze_at(meta_arch: str, freeze_at: int) -> None:
 
 @pytest.mark.parametrize("norm", ["FrozenBN", "SyncBN"])
 def test_norm_applies_to_trunk_and_c4_head(norm: str) -> None:
-    cfg = make_cfg("c4", "se_resnet50", "MODEL.SEBENCH.KWARGS", TINY, "MODEL.RESNETS.NORM", norm,
+    cfg = make_cfg("c4", "se_resnet50", *TINY_OPTS, "MODEL.RESNETS.NORM", norm,
                    "MODEL.BACKBONE.FREEZE_AT", "0")
     model = build_model(cfg)
     kind = FrozenBatchNorm2d if norm == "FrozenBN" else nn.SyncBatchNorm
@@ -160,7 +162,7 @@ def test_norm_applies_to_trunk_and_c4_head(norm: str) -> None:
 
 @pytest.mark.parametrize("norm", ["GN", ""])
 def test_unsupported_norm_is_an_error(norm: str) -> None:
-    cfg = make_cfg("fpn", "resnet50", "MODEL.SEBENCH.KWARGS", TINY, "MODEL.RESNETS.NORM", norm)
+    cfg = make_cfg("fpn", "resnet50", *TINY_OPTS, "MODEL.RESNETS.NORM", norm)
     with pytest.raises(ValueError, match=r"MODEL.RESNETS.NORM=.*FrozenBN"):
         build_model(cfg)
 
@@ -191,12 +193,92 @@ def test_kwargs_load_from_yaml_and_command_line(tmp_path: Path) -> None:
         "MODEL:\n  SEBENCH:\n    NAME: se_resnext50_32x4d\n"
         '    KWARGS: ["se_gate=tanh", "stride_in_1x1=True", "layers=[1, 1, 1, 1]"]\n'
     )
-    cfg = make_cfg("fpn", "se_resnet50")
+    cfg = make_cfg("fpn", "se_resnet50", "MODEL.RESNETS.DEPTH", "14")
     cfg.merge_from_file(str(config))
     command_line = '["se_gate=tanh", "se_reduction=4", "layers=[1, 1, 1, 1]"]'
     cfg.merge_from_list(["MODEL.SEBENCH.KWARGS", command_line])
-    trunk = build_model(cfg).backbone.bottom_up
-    block = trunk.res3[0]
+    # The command line replaced the YAML's list, stride_in_1x1=True included: the ResNeXt's
+    # own convention (3x3) against detectron2's default STRIDE_IN_1X1 True is an error ...
+    with pytest.raises(ValueError, match=r"set MODEL.RESNETS.STRIDE_IN_1X1 False"):
+        build_model(cfg)
+    cfg.merge_from_list(["MODEL.RESNETS.STRIDE_IN_1X1", "False"])  # ... which this settles
+    block = build_model(cfg).backbone.bottom_up.res3[0]
     assert isinstance(block.se.gate, nn.Tanh) and block.se.fc1.out_features == 512 // 4
-    # The command line replaced the YAML's list: stride back on the 3x3 conv (ResNeXt default).
     assert block.conv1.stride == (1, 1) and block.conv2.stride == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("opts", "pattern"),
+    [
+        (["MODEL.RESNETS.DEPTH", "101"],
+         r"DEPTH is 101 but the trunk resnet50 has 50 layers; set MODEL.RESNETS.DEPTH 50"),
+        (["MODEL.RESNETS.NUM_GROUPS", "32"], r"NUM_GROUPS is 32 but the trunk resnet50 has 1"),
+        (["MODEL.RESNETS.WIDTH_PER_GROUP", "4"], r"WIDTH_PER_GROUP is 4 but .* has 64"),
+        (["MODEL.RESNETS.RES2_OUT_CHANNELS", "64"], r"RES2_OUT_CHANNELS is 64 but .* has 256"),
+        (["MODEL.RESNETS.STEM_OUT_CHANNELS", "128"], r"STEM_OUT_CHANNELS is 128 but .* has 64"),
+        (["MODEL.RESNETS.DEFORM_ON_PER_STAGE", "[False, True, True, True]"], r"no deformable"),
+        (["MODEL.RESNETS.DEFORM_MODULATED", "True"], r"DEFORM_MODULATED=True is not supported"),
+        (["MODEL.RESNETS.DEFORM_NUM_GROUPS", "2"], r"DEFORM_NUM_GROUPS=2 is not supported"),
+        (["MODEL.RESNETS.RES5_DILATION", "4"], r"RES5_DILATION must be 1 or 2, got 4"),
+        (["MODEL.RESNETS.RES5_DILATION", "2"], r"FPN needs strides that double"),
+        (["MODEL.RESNETS.STRIDE_IN_1X1", "False", "MODEL.SEBENCH.KWARGS", '["stride_in_1x1=True"]'],
+         r"STRIDE_IN_1X1 is False but MODEL.SEBENCH.KWARGS sets stride_in_1x1=True"),
+    ],
+)
+def test_resnets_keys_the_trunk_cannot_honour_are_errors(opts: list[str], pattern: str) -> None:
+    cfg = make_cfg("fpn", "resnet50", *opts)
+    with pytest.raises(ValueError, match=pattern):
+        build_model(cfg)
+
+
+def test_resnets_keys_that_agree_with_the_trunk_are_accepted() -> None:
+    cfg = make_cfg("fpn", "se_resnext101_32x4d", "MODEL.RESNETS.DEPTH", "101",
+                   "MODEL.RESNETS.NUM_GROUPS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "4",
+                   "MODEL.RESNETS.STRIDE_IN_1X1", "False", "MODEL.SEBENCH.KWARGS",
+                   '["layers=(1, 1, 30, 1)"]')  # 101 layers, quicker to build
+    assert build_model(cfg).backbone.bottom_up.res2[0].conv2.groups == 32
+
+
+def test_c4_head_refuses_res5_dilation() -> None:
+    cfg = make_cfg("c4", "resnet50", *TINY_OPTS, "MODEL.RESNETS.RES5_DILATION", "2")
+    with pytest.raises(ValueError, match=r"C4 model runs it per region .* set RES5_DILATION 1"):
+        build_model(cfg)
+
+
+def _detectron2_resnet(*opts: str) -> nn.Module:
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+    res2_to_res5 = '["res2", "res3", "res4", "res5"]'
+    cfg = make_cfg("fpn", "resnet50", "MODEL.RESNETS.OUT_FEATURES", res2_to_res5, *opts)
+    return build_resnet_backbone(cfg, ShapeSpec(channels=3)).eval(), cfg
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ["MODEL.RESNETS.STRIDE_IN_1X1", "False"],
+        ["MODEL.RESNETS.RES5_DILATION", "2"],
+    ],
+    ids=["stride_in_3x3", "res5_dilation"],
+)
+def test_honoured_resnets_keys_give_detectron2s_resnet(opts: list[str]) -> None:
+    """detectron2's own ResNet-50 from the same MODEL.RESNETS keys, its weights loaded by name
+    into our trunk (strictly): the same res2..res5, bit for bit."""
+    from tasks.detection.d2.backbone import _trunk_from_cfg
+
+    theirs, cfg = _detectron2_resnet(*opts)
+    ours = _trunk_from_cfg(cfg, ["res2", "res3", "res4", "res5"]).eval()
+    ours.load_state_dict(theirs.state_dict())
+    assert ours.output_shape() == theirs.output_shape()
+    with torch.no_grad():
+        x = torch.randn(1, 3, 64, 96)
+        expected, got = theirs(x), ours(x)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+def test_a_bug_in_the_trunk_is_not_relabelled_a_config_error() -> None:
+    """A TypeError from inside the constructor keeps its type (and so its traceback)."""
+    cfg = make_cfg("fpn", "resnet50", "MODEL.SEBENCH.KWARGS", '["layers=5"]')
+    with pytest.raises(TypeError):
+        check_sebench_config(cfg)

@@ -32,6 +32,7 @@ from backbones import SEBlock
 from tasks.detection.d2.backbone import SEBenchTrunk
 from tasks.detection.d2.train import AP_KEYS, main, setup_cfg
 from tasks.detection.d2.trainer import CPUAutocastTrainer, amp_dtype, build_step_trainer
+from tasks.detection.evaluation import coco_box_ap
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "coco"
@@ -39,8 +40,11 @@ FPN = CONFIGS / "faster_rcnn_se_resnet50_fpn_2x.yaml"
 C4 = CONFIGS / "faster_rcnn_se_resnet50_c4_2x.yaml"
 EXPERIMENTS = sorted(CONFIGS.glob("faster_rcnn_*.yaml"))  # Table 7's (test_d2_heads: the rest)
 
+# On the CPU, from random weights (the trunk then trains unfrozen, with BN).
+CPU_FROM_SCRATCH = ["MODEL.DEVICE", "cpu", "MODEL.SEBENCH.ALLOW_RANDOM_INIT", "True"]
 # 64 px inputs, 2 images a step, few proposals and regions: a step takes about a second.
 TINY = [
+    *CPU_FROM_SCRATCH,
     "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128",
     "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.BASE_LR", "0.001",
@@ -94,19 +98,31 @@ def detect(
     return json.loads((output / "results.json").read_text())
 
 
-def assert_box_ap(results: dict) -> None:
-    ap = {key: results[key] for key in AP_KEYS}
-    assert all(isinstance(v, float) and math.isfinite(v) and 0 <= v <= 100 for v in ap.values()), ap
+def assert_box_ap(results: dict, output: Path) -> None:
+    """results.json holds the APs of the detections the run saved, as an independent evaluation
+    computes them: the project's plain-pycocotools ``coco_box_ap`` (the torchvision path's),
+    against detectron2's COCOEvaluator (its own fast COCOeval) in the run."""
+    (dataset,) = results["test_dataset"]
+    saved = output / "inference" / dataset / "coco_instances_results.json"
+    predictions = json.loads(saved.read_text())
+    assert predictions, "the model detected nothing: the comparison would be vacuous"
+    expected = coco_box_ap(results["datasets"][dataset]["json_file"], predictions)
+    for key in AP_KEYS:
+        assert math.isfinite(results[key]), (key, results[key])
+        assert results[key] == pytest.approx(expected[key], abs=1e-6), (key, results, expected)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [FPN, C4], ids=["fpn", "c4"])
 def test_train_resume_eval_one_process(config: Path, tiny_coco: Path, tmp_path: Path) -> None:
     trained = detect("train", config, tiny_coco, tmp_path)
-    assert_box_ap(trained)
+    assert_box_ap(trained, tmp_path)
     assert (trained["start_iteration"], trained["iterations"], trained["world_size"]) == (0, 2, 1)
     assert trained["model"] == "se_resnet50" and trained["precision"] == "float32"
     assert trained["config"]["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == 2  # from the data
+    # ALLOW_RANDOM_INIT unfroze the trunk, and the run's config says so.
+    assert trained["config"]["MODEL"]["BACKBONE"]["FREEZE_AT"] == 0
+    assert trained["config"]["MODEL"]["RESNETS"]["NORM"] == "BN"
     assert trained["train_images_per_s"] > 0 and trained["eval_images_per_s"] > 0
     assert trained["datasets"]["sebench_coco_val"]["images"] == 6
     assert trained["datasets"]["sebench_coco_train"]["degenerate_boxes"] == 1
@@ -118,7 +134,7 @@ def test_train_resume_eval_one_process(config: Path, tiny_coco: Path, tmp_path: 
 
     resumed = detect("train", config, tiny_coco, tmp_path, ["--resume"], ["SOLVER.MAX_ITER", "3"])
     assert (resumed["start_iteration"], resumed["iterations"]) == (2, 3)
-    assert_box_ap(resumed)
+    assert_box_ap(resumed, tmp_path)
 
     weights = str(tmp_path / "model_final.pth")
     evaluated = detect(
@@ -134,7 +150,7 @@ def test_train_resume_eval_one_process(config: Path, tiny_coco: Path, tmp_path: 
 def test_fpn_two_cpu_processes_through_launch(tiny_coco: Path, tmp_path: Path) -> None:
     results = detect("train", FPN, tiny_coco, tmp_path, ["--num-gpus", "2", "--dist-url", "auto"])
     assert results["world_size"] == 2 and results["iterations"] == 2
-    assert_box_ap(results)
+    assert_box_ap(results, tmp_path)
     # Both ranks logged into the same folder; rank 1 writes its own log file.
     assert (tmp_path / "log.txt.rank1").is_file()
 
@@ -165,7 +181,7 @@ def test_c4_two_cpu_processes_builtin_coco_names(tiny_coco: Path, tmp_path: Path
     results = json.loads((output / "results.json").read_text())
     assert results["test_dataset"] == ["coco_2017_val"] and results["world_size"] == 2
     assert results["config"]["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == 80
-    assert_box_ap(results)
+    assert_box_ap(results, output)
     assert "| se_resnet50 (C4) |" in done.stdout
 
 
@@ -174,7 +190,7 @@ def test_cpu_bfloat16_autocast(tiny_coco: Path, tmp_path: Path) -> None:
     overrides = ["SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "1"]
     results = detect("train", FPN, tiny_coco, tmp_path, overrides=overrides)
     assert results["precision"] == "bfloat16" and results["iterations"] == 1
-    assert_box_ap(results)
+    assert_box_ap(results, tmp_path)
     metrics = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     losses = [m["total_loss"] for m in metrics if "total_loss" in m]
     assert losses and all(math.isfinite(loss) for loss in losses)
@@ -238,6 +254,30 @@ BAD_INPUTS = {
         lambda tmp, root: ["MODEL.WEIGHTS", str(tmp / "trunk.pth")],
         "trunk.pth does not exist",
     ),
+    "frozen trunk from random weights": (
+        lambda tmp, root: ["MODEL.SEBENCH.ALLOW_RANDOM_INIT", "False"],
+        (
+            "MODEL.WEIGHTS is empty but the trunk is frozen (MODEL.BACKBONE.FREEZE_AT 2, "
+            "MODEL.RESNETS.NORM FrozenBN): its stem and statistics would stay random. Start from "
+            "ImageNet weights: `sebench convert-weights --timm legacy_seresnet50 --meta-arch fpn "
+            "--out weights/se_resnet50_fpn.pth` and the config lines it prints. To train from "
+            "scratch on purpose, set MODEL.SEBENCH.ALLOW_RANDOM_INIT True"
+        ),
+    ),
+    "MSRA weights in RGB": (
+        lambda tmp, root: ["MODEL.SEBENCH.NAME", "resnet50", "MODEL.WEIGHTS",
+                           "detectron2://ImageNetPretrained/MSRA/R-50.pkl"],
+        (
+            "trained on BGR images with the mean subtracted and no scaling, but the config gives "
+            "INPUT.FORMAT RGB, MODEL.PIXEL_MEAN [123.675, 116.28, 103.53], MODEL.PIXEL_STD "
+            "[58.395, 57.12, 57.375]: add INPUT.FORMAT BGR MODEL.PIXEL_MEAN [103.53, 116.28, "
+            "123.675] MODEL.PIXEL_STD [1.0, 1.0, 1.0]"
+        ),
+    ),
+    "resnet101 config without its depth": (
+        lambda tmp, root: ["MODEL.SEBENCH.NAME", "resnet101"],
+        "MODEL.RESNETS.DEPTH is 50 but the trunk resnet101 has 101 layers",
+    ),
     "bad trunk keyword value": (
         lambda tmp, root: ["MODEL.SEBENCH.KWARGS", "['se_reduction=0']"],
         "MODEL.SEBENCH (NAME='se_resnet50', KWARGS=['se_reduction=0'])",
@@ -256,8 +296,10 @@ def test_bad_input_exits_2_with_one_line(
 ) -> None:
     make_args, expected = BAD_INPUTS[case]
     argv = ["train", "--config-file", str(FPN), *data_args(tiny_coco)]
-    # argparse keeps the last of a repeated option; KEY VALUE pairs come last anyway.
-    assert main([*argv, *make_args(tmp_path, tiny_coco)]) == 2
+    extra = make_args(tmp_path, tiny_coco)
+    # argparse keeps the last of a repeated option; KEY VALUE pairs come last, the case's last.
+    options, overrides = (extra, []) if extra[0].startswith("--") else ([], extra)
+    assert main([*argv, *options, *CPU_FROM_SCRATCH, *overrides]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sebench detect train: error:"), err
     assert expected in err[0], err[0]
@@ -266,14 +308,27 @@ def test_bad_input_exits_2_with_one_line(
 def test_builtin_coco_names_without_data_say_where_they_look(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["train", "--config-file", str(FPN), "MODEL.DEVICE", "cpu"]) == 2
+    assert main(["train", "--config-file", str(FPN), *CPU_FROM_SCRATCH]) == 2
     err = capsys.readouterr().err
     assert "coco_2017_train" in err and "DETECTRON2_DATASETS" in err, err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_config_without_cuda_names_the_key(
+    tiny_coco: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No quiet switch to the CPU: detectron2's default MODEL.DEVICE is cuda."""
+    argv = ["train", "--config-file", str(FPN), *data_args(tiny_coco), "--num-gpus", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "MODEL.DEVICE is 'cuda' (detectron2's default) but this machine has no CUDA" in err
+    assert "add MODEL.DEVICE cpu" in err
+
+
 def test_json_needs_its_image_folder(tiny_coco: Path, capsys: pytest.CaptureFixture[str]) -> None:
     val_json = str(tiny_coco / "coco" / "annotations" / "instances_val2017.json")
-    assert main(["train", "--config-file", str(FPN), "--val-json", val_json]) == 2
+    argv = ["train", "--config-file", str(FPN), "--val-json", val_json, *CPU_FROM_SCRATCH]
+    assert main(argv) == 2
     assert "--val-json and --val-images go together" in capsys.readouterr().err
 
 
@@ -281,7 +336,7 @@ def test_eval_needs_weights(
     tiny_coco: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["eval", "--config-file", str(FPN), *data_args(tiny_coco), "OUTPUT_DIR", str(tmp_path)]
-    assert main(argv) == 2
+    assert main([*argv, "MODEL.DEVICE", "cpu"]) == 2
     assert "eval needs trained weights" in capsys.readouterr().err
 
 

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 import backbones
+import backbones.vgg  # the family without a timm weight map, for the error below
 from backbones.weights import TIMM_EQUIVALENTS, create_from_timm, load_timm_weights
 
 timm = pytest.importorskip("timm", reason="timm is needed to build the reference models")
+LEGACY = sorted(name for name in TIMM_EQUIVALENTS if name.startswith("legacy_"))
 
 # The large models are compared at a smaller input to keep the test quick; the weights and
 # the pooling conventions are exercised all the same (160 is odd after the stem's pool).
@@ -42,6 +44,31 @@ def test_outputs_equal_timm(timm_name):
     scale = expected.abs().max().item()
     assert diff <= 1e-4, f"{timm_name}: max abs difference {diff:.2e} (outputs up to {scale:.2e})"
     assert 1e-3 < expected.std().item() < 1e3, f"{timm_name}: degenerate outputs"
+
+
+@pytest.mark.parametrize("timm_name", LEGACY)
+def test_train_mode_equals_timm_dropout_included(timm_name):
+    """Training mode: batch statistics, the updated running statistics and timm's classifier
+    dropout (0.2 in the legacy SENet models) drawn from the same seed."""
+    reference = timm.create_model(timm_name, pretrained=False)
+    _randomise_bn(reference)
+    ours = create_from_timm(timm_name, reference)
+    assert reference.drop_rate == 0.2 and ours.head_drop.p == reference.drop_rate
+    reference.train()
+    ours.train()
+    x = torch.randn(2, 3, 64, 64)  # train-mode BN needs no large input; 64 keeps 2x2 at layer4
+    outputs = []
+    for model in (reference, ours):
+        torch.manual_seed(0)
+        outputs.append(model(x))
+    expected, got = outputs
+    diff, scale = (expected - got).abs().max().item(), expected.abs().max().item()
+    assert diff <= 1e-4, f"{timm_name}: max abs difference {diff:.2e} (outputs up to {scale:.2f})"
+    torch.testing.assert_close(
+        ours.layer4[-1].bn3.running_var, reference.layer4[-1].bn3.running_var, rtol=1e-5, atol=1e-6
+    )
+    torch.manual_seed(1)
+    assert (ours(x) - expected).abs().max() > 1e-3, "another seed drops other features"
 
 
 def test_state_dict_source_and_features_only():
@@ -85,6 +112,5 @@ def test_other_num_classes_with_exclude_classifier():
 
 
 def test_unsupported_family():
-    pytest.importorskip("backbones.vgg", reason="VGG family module")
     with pytest.raises(ValueError, match="no timm weight map"):
         load_timm_weights(backbones.create_model("vgg16_bn"), {})

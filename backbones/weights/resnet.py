@@ -22,23 +22,30 @@ _RENAMES = [
     (r"^last_linear\.", "fc."),
 ]
 
-# What our builder must be given to compute the same function as each timm model: the stride
-# position of its bottlenecks and the max-pool of its stem.
+# What our builder must be given to compute the same function as each timm model, in eval and
+# train mode: the stride position of its bottlenecks, the max-pool of its stem and the dropout
+# before its classifier (timm's legacy SENet models drop 20% of the pooled features). Every
+# convention is spelled out, even where it is our registry default, so a change of default
+# cannot break the equivalence.
+_LEGACY = dict(stem_pool_ceil=True, drop_rate=0.2)
+_TIMM_RESNET = dict(stem_pool_ceil=False, stride_in_1x1=False, drop_rate=0.0)
 TIMM_EQUIVALENTS: dict[str, tuple[str, dict]] = {
-    "legacy_seresnet50": ("se_resnet50", dict(stem_pool_ceil=True, stride_in_1x1=True)),
-    "legacy_seresnet101": ("se_resnet101", dict(stem_pool_ceil=True, stride_in_1x1=True)),
-    "legacy_seresnet152": ("se_resnet152", dict(stem_pool_ceil=True, stride_in_1x1=True)),
-    "legacy_seresnext50_32x4d": ("se_resnext50_32x4d", dict(stem_pool_ceil=True, stride_in_1x1=False)),
-    "legacy_seresnext101_32x4d": ("se_resnext101_32x4d", dict(stem_pool_ceil=True, stride_in_1x1=False)),
-    "legacy_senet154": ("senet154", dict()),
-    "seresnet50": ("se_resnet50", dict(stride_in_1x1=False)),
-    "resnet50": ("resnet50", dict(stride_in_1x1=False)),
-    "resnet101": ("resnet101", dict(stride_in_1x1=False)),
-    "resnet152": ("resnet152", dict(stride_in_1x1=False)),
+    "legacy_seresnet50": ("se_resnet50", dict(_LEGACY, stride_in_1x1=True)),
+    "legacy_seresnet101": ("se_resnet101", dict(_LEGACY, stride_in_1x1=True)),
+    "legacy_seresnet152": ("se_resnet152", dict(_LEGACY, stride_in_1x1=True)),
+    "legacy_seresnext50_32x4d": ("se_resnext50_32x4d", dict(_LEGACY, stride_in_1x1=False)),
+    "legacy_seresnext101_32x4d": ("se_resnext101_32x4d", dict(_LEGACY, stride_in_1x1=False)),
+    "legacy_senet154": ("senet154", dict(_LEGACY, stride_in_1x1=False)),
+    "seresnet50": ("se_resnet50", dict(_TIMM_RESNET)),
+    "resnet50": ("resnet50", dict(_TIMM_RESNET)),
+    "resnet101": ("resnet101", dict(_TIMM_RESNET)),
+    "resnet152": ("resnet152", dict(_TIMM_RESNET)),
 }
 
 
-def remap_timm_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+def remap_timm_state_dict(
+    state_dict: dict[str, torch.Tensor], model: nn.Module
+) -> dict[str, torch.Tensor]:
     """Rename timm keys to ours and reshape 1x1-conv SE weights to Linear weights."""
     target = model.state_dict()
     out = {}

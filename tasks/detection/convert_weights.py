@@ -3,8 +3,10 @@
 Sources: a registry checkpoint (a plain ``state_dict`` .pth of a registry model, or a Lightning
 .ckpt of ``tasks/classification``), or timm weights (``--timm legacy_seresnet50``, downloaded by
 timm or read from ``--timm-checkpoint``). The output is a detectron2 checkpoint
-(``{"model": ..., "__author__": "sebench", "matching_heuristics": False}``) in the module names
-of one layout (``--meta-arch``):
+(``{"model": ..., "__author__": "sebench", "matching_heuristics": False}``) in detectron2's own
+names (``res2.0.conv1.norm.weight``, ``res2.0.shortcut.weight``: what our trunks' ``state_dict``
+gives, ``backbones/weights/detectron2.py``) under the module names of one layout
+(``--meta-arch``):
 
 - ``fpn``: ``backbone.bottom_up.{stem,res2,res3,res4,res5}.*`` (``build_sebench_fpn_backbone``);
 - ``c4``: ``backbone.{stem,res2,res3,res4}.*`` and ``roi_heads.res5.*``
@@ -12,7 +14,10 @@ of one layout (``--meta-arch``):
 
 One layout per file, so ``DetectionCheckpointer`` reports no unexpected trunk keys. The
 classifier is dropped, and so is ``num_batches_tracked`` (detectron2's default FrozenBN has none).
-This module needs no detectron2: conversion only renames tensors.
+A plain ResNet converted this way also loads into detectron2's own ResNet (with the same
+``MODEL.RESNETS`` keys). detectron2's own checkpoints (``R-50.pkl``, model-zoo detectors) need no
+conversion: our trunks load them as they are. This module needs no detectron2: conversion only
+renames tensors.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from backbones.errors import InputError
 from backbones.resnet import ResNet
 from backbones.weights import TIMM_EQUIVALENTS, create_from_timm
 from backbones.weights.checkpoint import check_state_dict, read_checkpoint
+from backbones.weights.detectron2 import resnets_keys, to_detectron2_name
 
 META_ARCHS = ("c4", "fpn")
 # Registry stage -> detectron2 module name, per layout.
@@ -60,8 +66,8 @@ _BUILDERS = {
         ("MODEL.ROI_HEADS.NAME", "SEBenchRes5ROIHeads"),
     ],
 }
-# ImageNet statistics in [0, 1], RGB: timm's and torchvision's default, and what our Places365 /
-# image-folder data modules normalise with.
+# Registry keywords that shape only the classifier, which a detection trunk does not have.
+_HEAD_KWARGS = ("drop_rate",)
 
 
 @dataclasses.dataclass
@@ -72,7 +78,10 @@ class ConvertedWeights:
         path: where the checkpoint was written.
         meta_arch: "c4" or "fpn", the layout of its names.
         model_name: the registry name (``MODEL.SEBENCH.NAME``).
-        model_kwargs: registry keywords (``MODEL.SEBENCH.KWARGS``).
+        model_kwargs: registry keywords (``MODEL.SEBENCH.KWARGS``), without the stride position
+            (``stride_in_1x1``), which ``MODEL.RESNETS.STRIDE_IN_1X1`` gives.
+        depth: ``MODEL.RESNETS.DEPTH`` of the trunk.
+        stride_in_1x1: ``MODEL.RESNETS.STRIDE_IN_1X1`` of the trunk.
         pixel_mean: RGB mean on detectron2's 0-255 scale (``MODEL.PIXEL_MEAN``).
         pixel_std: RGB std on the 0-255 scale (``MODEL.PIXEL_STD``).
     """
@@ -81,6 +90,8 @@ class ConvertedWeights:
     meta_arch: str
     model_name: str
     model_kwargs: dict[str, Any]
+    depth: int
+    stride_in_1x1: bool
     pixel_mean: list[float]
     pixel_std: list[float]
 
@@ -91,6 +102,8 @@ class ConvertedWeights:
             *_BUILDERS[self.meta_arch],
             ("MODEL.SEBENCH.NAME", self.model_name),
             ("MODEL.SEBENCH.KWARGS", json.dumps(format_kwargs(self.model_kwargs))),
+            ("MODEL.RESNETS.DEPTH", str(self.depth)),
+            ("MODEL.RESNETS.STRIDE_IN_1X1", str(self.stride_in_1x1)),
             ("MODEL.PIXEL_MEAN", json.dumps(self.pixel_mean)),
             ("MODEL.PIXEL_STD", json.dumps(self.pixel_std)),
             ("INPUT.FORMAT", "RGB"),
@@ -109,7 +122,7 @@ def resnet_family_models() -> list[str]:
 def detectron2_state_dict(
     state_dict: Mapping[str, torch.Tensor], meta_arch: str
 ) -> dict[str, torch.Tensor]:
-    """Rename a registry trunk's ``state_dict`` (no classifier) to detectron2 module names.
+    """Rename a registry trunk's ``state_dict`` (no classifier) to detectron2's names.
 
     Args:
         state_dict: keys ``stem.*`` and ``layer1.*``..``layer4.*`` of a registry ResNet.
@@ -130,7 +143,7 @@ def detectron2_state_dict(
         stage, _, rest = key.partition(".")
         if stage not in layout:
             raise InputError(f"{key!r} is not a trunk weight (expected stem.* or layer1..4.*)")
-        out[f"{layout[stage]}.{rest}"] = value
+        out[f"{layout[stage]}.{to_detectron2_name(rest)}"] = value
     return out
 
 
@@ -268,6 +281,10 @@ def convert(
         mean, std = _classification_stats(read.datamodule_hparams)
 
     converted = detectron2_state_dict(state, meta_arch)
+    architecture = resnets_keys(model)
+    trunk_kwargs = {
+        k: v for k, v in model_kwargs.items() if k not in ("stride_in_1x1", *_HEAD_KWARGS)
+    }
     output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
@@ -276,7 +293,7 @@ def convert(
             "matching_heuristics": False,
             "sebench": {
                 "model_name": model_name,
-                "model_kwargs": model_kwargs,
+                "model_kwargs": dict(model_kwargs),
                 "meta_arch": meta_arch,
             },
         },
@@ -286,7 +303,9 @@ def convert(
         path=output,
         meta_arch=meta_arch,
         model_name=model_name,
-        model_kwargs=dict(model_kwargs),
+        model_kwargs=trunk_kwargs,
+        depth=int(architecture["DEPTH"]),
+        stride_in_1x1=bool(architecture["STRIDE_IN_1X1"]),
         pixel_mean=[float(v) for v in pixel_mean] if pixel_mean is not None else _to_255(mean),
         pixel_std=[float(v) for v in pixel_std] if pixel_std is not None else _to_255(std),
     )

@@ -2,7 +2,8 @@
 
 The trunk keeps the registry model's own modules (SE blocks included) under detectron2's stage
 names: ``stem`` (the registry ``stem``), ``pool`` (its max-pool, no weights), ``res2``..``res5``
-(``layer1``..``layer4``). ``tasks/detection/convert_weights.py`` maps checkpoints by these names.
+(``layer1``..``layer4``), and saves and loads in detectron2's own parameter names
+(``res2.0.conv1.norm.weight``; ``weights.py``), so detectron2's checkpoints load as they are.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from backbones.errors import InputError
 from backbones.resnet import ResNet
 
 from .config import create_trunk, sebench_model_args
+from .weights import use_detectron2_names
 
 STAGES = ("stem", "res2", "res3", "res4", "res5")
 # Registry module of each detectron2 stage; "stem" also runs the registry "pool".
@@ -99,11 +101,13 @@ class SEBenchTrunk(Backbone):
         freeze_at (int): 0 trains everything; 1 freezes the stem, 2 the stem and res2, and so
             on (``MODEL.BACKBONE.FREEZE_AT``).
         norm (str): ``MODEL.RESNETS.NORM``, applied to every BatchNorm2d ("FrozenBN").
+        allow_partial_load (bool): a load that leaves trunk tensors unloaded warns instead of
+            raising (``MODEL.SEBENCH.ALLOW_PARTIAL_LOAD``; False).
     """
 
     def __init__(
         self, model: ResNet, out_features: Sequence[str], *, freeze_at: int = 0,
-        norm: str = "FrozenBN",
+        norm: str = "FrozenBN", allow_partial_load: bool = False,
     ) -> None:
         super().__init__()
         out_features = list(out_features)
@@ -118,15 +122,20 @@ class SEBenchTrunk(Backbone):
         info = {entry["module"]: entry for entry in model.feature_info}
         self._out_feature_channels: dict[str, int] = {}
         self._out_feature_strides: dict[str, int] = {}
-        for index, stage in enumerate(STAGES[: self.num_stages]):
+        for stage in STAGES[: self.num_stages]:
             source = REGISTRY_STAGE[stage]
             self.add_module(stage, getattr(model, source))
-            if stage == "stem":
-                self.pool = model.pool  # the stem's stride is 4 after the pool, as in detectron2
             self._out_feature_channels[stage] = info[source]["num_chs"]
-            self._out_feature_strides[stage] = 4 * 2 ** max(0, index - 1)
+            # The stem's stride is 4 after the pool, as in detectron2; a dilated stage
+            # (output_stride) keeps its input's.
+            self._out_feature_strides[stage] = 4 if stage == "stem" else info[source]["reduction"]
+        self.pool = model.pool
         convert_norm(self, norm)
         self.freeze(freeze_at)
+        name = getattr(model, "model_name", type(model).__name__)
+        use_detectron2_names(
+            self, what=f"trunk ({name})", allow_partial_load=allow_partial_load
+        )
 
     def freeze(self, freeze_at: int) -> None:
         """Freeze the stem and the first ``freeze_at - 1`` residual stages."""
@@ -154,11 +163,16 @@ class SEBenchTrunk(Backbone):
 
 
 def _trunk_from_cfg(cfg: CfgNode, out_features: Sequence[str]) -> SEBenchTrunk:
+    """The ``MODEL.SEBENCH`` trunk up to the deepest of ``out_features``, with
+    ``MODEL.BACKBONE.FREEZE_AT``, ``MODEL.RESNETS.*`` (see ``config.create_trunk``) and
+    ``MODEL.SEBENCH.ALLOW_PARTIAL_LOAD``: what every builder of a detectron2 meta-architecture
+    calls."""
     return SEBenchTrunk(
         create_trunk(cfg),
         out_features,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         norm=cfg.MODEL.RESNETS.NORM,
+        allow_partial_load=cfg.MODEL.SEBENCH.ALLOW_PARTIAL_LOAD,
     )
 
 
@@ -203,6 +217,12 @@ def _fpn_from_cfg(
         raise InputError(
             f"MODEL.FPN.IN_FEATURES {in_features} asks for {missing}, which "
             f"MODEL.RESNETS.OUT_FEATURES {bottom_up_features} does not produce"
+        )
+    if "res5" in in_features and cfg.MODEL.RESNETS.RES5_DILATION != 1:
+        raise InputError(
+            "MODEL.RESNETS.RES5_DILATION 2 keeps res5 at res4's stride (16), but detectron2's "
+            "FPN needs strides that double from level to level: drop res5 from "
+            "MODEL.FPN.IN_FEATURES or set RES5_DILATION 1"
         )
     bottom_up = _trunk_from_cfg(cfg, bottom_up_features)
     return FPN(

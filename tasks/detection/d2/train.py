@@ -9,9 +9,9 @@ Usage::
 
 detectron2's ``default_argument_parser`` (``--num-gpus``, ``--num-machines``, ``--machine-rank``,
 ``--dist-url``, ``--resume``, trailing ``KEY VALUE`` config overrides) with the subcommand in
-front; ``eval`` is detectron2's ``--eval-only``. ``launch`` starts one process per GPU; on a
-machine without CUDA, ``--num-gpus N`` starts N CPU processes (gloo) and ``MODEL.DEVICE`` is set
-to ``cpu``.
+front; ``eval`` is detectron2's ``--eval-only``. ``launch`` starts one process per GPU; with
+``MODEL.DEVICE cpu``, ``--num-gpus N`` starts N CPU processes (gloo). A CUDA device on a machine
+without one is an error naming the key, not a quiet switch to the CPU.
 
 Every run ends (after the final evaluation) with ``OUTPUT_DIR/results.json`` (box AP, AP50,
 AP75, APs, APm, APl in percent, trunk, iterations, wall time, images/s, precision, world size,
@@ -35,12 +35,18 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from backbones.errors import InputError, run_command
 
 from ..evaluation import AP_KEYS
 from ..paper import PAPER_LINE_HEADER, paper_line
-from .config import add_sebench_config, check_sebench_config
+from .config import (
+    add_sebench_config,
+    check_pixel_format,
+    check_sebench_config,
+    random_init_overrides,
+)
 from .data import (
     DatasetError,
     check_datasets,
@@ -48,6 +54,7 @@ from .data import (
     register_datasets,
 )
 from .trainer import SEBenchTrainer, amp_dtype, precision_name
+from .weights import report_missing_weights
 
 __all__ = ["AP_KEYS", "ConfigError", "build_parser", "main", "setup_cfg"]
 
@@ -62,7 +69,10 @@ examples:
 Data: DATASETS.TRAIN/TEST name detectron2's builtin COCO splits (coco_2017_train, coco_2017_val),
 read from $DETECTRON2_DATASETS/coco/{annotations/instances_{train,val}2017.json,{train,val}2017/};
 --train-json/--val-json register any COCO instances file with its image folder instead.
-Without CUDA, --num-gpus N starts N CPU processes (gloo).
+With MODEL.DEVICE cpu (no CUDA), --num-gpus N starts N CPU processes (gloo).
+Weights: MODEL.WEIGHTS takes detectron2's own checkpoints as they are (model-zoo detectors;
+detectron2://ImageNetPretrained/MSRA/R-50.pkl with INPUT.FORMAT BGR, MODEL.PIXEL_MEAN
+[103.53, 116.28, 123.675], MODEL.PIXEL_STD [1.0, 1.0, 1.0]) and `sebench convert-weights` files.
 """
 
 
@@ -136,11 +146,14 @@ def _message(err: BaseException) -> str:
     return str(err.args[0]) if err.args else type(err).__name__
 
 
-def _check_device(cfg: CfgNode, num_gpus: int) -> list[str]:
-    """Overrides that make the device fit the machine, or a ConfigError."""
+def _check_device(cfg: CfgNode, num_gpus: int) -> None:
+    """A ConfigError unless ``MODEL.DEVICE`` and ``--num-gpus`` fit the machine."""
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        print("sebench detect: no CUDA device; running on the CPU (MODEL.DEVICE cpu)", flush=True)
-        return ["MODEL.DEVICE", "cpu"]
+        raise ConfigError(
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} (detectron2's default) but this machine has no "
+            "CUDA device: add MODEL.DEVICE cpu to run on the CPU (--num-gpus N then starts N CPU "
+            "processes)"
+        )
     if cfg.MODEL.DEVICE == "cpu" and num_gpus > 1 and torch.cuda.is_available():
         raise ConfigError(
             "MODEL.DEVICE cpu with --num-gpus > 1 on a machine with CUDA: detectron2's launch "
@@ -150,28 +163,37 @@ def _check_device(cfg: CfgNode, num_gpus: int) -> list[str]:
         raise ConfigError(
             f"--num-gpus {num_gpus} but this machine has {torch.cuda.device_count()} CUDA devices"
         )
-    return []
 
 
-def _check_weights(cfg: CfgNode, args: argparse.Namespace) -> None:
+def _check_weights(cfg: CfgNode, args: argparse.Namespace) -> list[str]:
+    """Check ``MODEL.WEIGHTS`` for the command; return the overrides a random start needs.
+
+    Raises:
+        ConfigError: a missing file, eval without weights, a frozen trunk without weights
+            (unless ``MODEL.SEBENCH.ALLOW_RANDOM_INIT``), MSRA weights with another pixel format.
+    """
     weights = cfg.MODEL.WEIGHTS
     if weights and "://" not in weights and not Path(weights).is_file():
         raise ConfigError(
             f"MODEL.WEIGHTS {weights} does not exist (for ImageNet weights, convert them with "
             "`sebench convert-weights`; for a trained model give its model_final.pth)"
         )
-    has_checkpoint = (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file()
-    if args.eval_only and not weights and not (args.resume and has_checkpoint):
+    check_pixel_format(cfg)
+    resuming = args.resume and (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file()
+    if args.eval_only and not weights and not resuming:
         raise ConfigError(
             "eval needs trained weights: MODEL.WEIGHTS path/to/model_final.pth, or --resume "
             f"with a last_checkpoint in OUTPUT_DIR ({cfg.OUTPUT_DIR})"
         )
-    if not args.eval_only and not weights:
-        print(
-            "sebench detect: MODEL.WEIGHTS is empty, the trunk starts from random weights "
-            "(the paper's runs start from ImageNet: `sebench convert-weights`)",
-            flush=True,
-        )
+    if weights:
+        return []
+    if resuming and not cfg.MODEL.SEBENCH.ALLOW_RANDOM_INIT:
+        return []  # the run's own checkpoint, with the structure it was trained with
+    overrides = random_init_overrides(cfg)
+    if not args.eval_only:
+        unfrozen = f" (unfrozen: {' '.join(overrides)})" if overrides else ""
+        print(f"sebench detect: the trunk starts from random weights{unfrozen}", flush=True)
+    return overrides
 
 
 def _data_overrides(cfg: CfgNode, args: argparse.Namespace) -> list[str]:
@@ -221,12 +243,12 @@ def prepare(args: argparse.Namespace) -> None:
     adds (data sets, device, classes) go into ``args.opts`` so every process builds the same
     config."""
     cfg = setup_cfg(args.config_file, args.opts)
-    extra = _check_device(cfg, args.num_gpus)
-    cfg.merge_from_list(extra)
+    _check_device(cfg, args.num_gpus)
     amp_dtype(cfg)  # a bad SOLVER.AMP.PRECISION fails here, not in every process
+    extra = _check_weights(cfg, args)
+    cfg.merge_from_list(extra)
     if "build_sebench" in cfg.MODEL.BACKBONE.NAME:
         check_sebench_config(cfg)  # builds the trunk once: bad names, keys and values fail here
-    _check_weights(cfg, args)
     extra += _data_overrides(cfg, args)
     args.opts = [*args.opts, *extra]
 
@@ -327,6 +349,10 @@ def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, Any] | None:
     """Load MODEL.WEIGHTS (or the last checkpoint with --resume) and evaluate on DATASETS.TEST."""
     start = time.perf_counter()
     model = SEBenchTrainer.build_model(cfg)
+    # Every tensor of the detector must come from the checkpoint: random heads score nothing.
+    report_missing_weights(
+        model, heads_may_be_random=False, allow_partial_load=cfg.MODEL.SEBENCH.ALLOW_PARTIAL_LOAD
+    )
     checkpoint = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
         cfg.MODEL.WEIGHTS, resume=args.resume
     )
@@ -356,6 +382,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any] | None:
     register_datasets(train_files + val_files)  # spawned processes start with empty catalogs
     cfg.freeze()
     default_setup(cfg, args)
+    # Our modules' messages (e.g. which tensors a load leaves random) as detectron2's: on the
+    # console from the main process, in OUTPUT_DIR/log.txt* from every process.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tasks")
     return evaluate(cfg, args) if args.eval_only else train(cfg, args)
 
 

@@ -1,7 +1,10 @@
 """detectron2's ``DefaultTrainer``, made to run on CPU processes and in bfloat16.
 
-Three changes to detectron2's standard training loop, everything else (optimizer, LR schedule,
-periodic checkpoints, resume, evaluation hook, metric writers) is detectron2's:
+``SEBenchTrainer`` is a ``DefaultTrainer`` built by ``DefaultTrainer.__init__`` itself, so it
+follows detectron2 as it changes (model, optimizer, data loader, scheduler, checkpointer, hooks,
+resume). ``DefaultTrainer`` has no hook for two things it fixes in its ``__init__``, the DDP
+wrapping and the step trainer: the first is adjusted while that ``__init__`` runs
+(``cpu_ddp``), the second replaced after it. What changes:
 
 - DDP on the CPU: detectron2 wraps the model with ``device_ids=[local_rank]``, which PyTorch
   rejects for a CPU module; CPU processes get ``device_ids=None`` (gloo does the all-reduce).
@@ -11,24 +14,28 @@ periodic checkpoints, resume, evaluation hook, metric writers) is detectron2's:
   ``CPUAutocastTrainer``, the forward under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
 - The last evaluation's metrics and the training throughput are kept on the trainer
   (``last_eval_results``, ``throughput``) for the run's results file.
+- Loading ``MODEL.WEIGHTS`` says once which tensors outside the trunk start from random
+  (``weights.report_missing_weights``).
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import functools
 import time
-import weakref
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
-from detectron2.engine.defaults import create_ddp_model
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, hooks
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
-from detectron2.utils import comm
 
 from backbones.errors import InputError
+
+from .weights import report_missing_weights
 
 __all__ = [
     "CPUAutocastTrainer",
@@ -39,8 +46,6 @@ __all__ = [
 ]
 
 PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-logger = logging.getLogger(__name__)
 
 
 def amp_dtype(cfg: CfgNode) -> torch.dtype | None:
@@ -126,11 +131,24 @@ def build_step_trainer(
     return AMPTrainer(model, data_loader, optimizer, grad_scaler=scaler, precision=dtype)
 
 
-def wrap_ddp(model: torch.nn.Module, device: str) -> torch.nn.Module:
-    """DDP over all processes (a no-op for one); CPU modules take no ``device_ids``."""
-    if device == "cpu":
-        return create_ddp_model(model, broadcast_buffers=False, device_ids=None)
-    return create_ddp_model(model, broadcast_buffers=False)
+@contextlib.contextmanager
+def cpu_ddp(device: str) -> Iterator[None]:
+    """While ``DefaultTrainer.__init__`` runs, let it wrap a CPU model in DDP.
+
+    detectron2's ``create_ddp_model`` passes ``device_ids=[local_rank]``, which PyTorch's DDP
+    rejects for a CPU module, and ``DefaultTrainer`` has no hook for the wrapping; CPU processes
+    get ``device_ids=None`` (gloo all-reduces the gradients). Nothing changes on CUDA or for one
+    process (no DDP).
+    """
+    if device != "cpu":
+        yield
+        return
+    create_ddp_model = d2_defaults.create_ddp_model  # AttributeError if detectron2 renames it
+    d2_defaults.create_ddp_model = functools.partial(create_ddp_model, device_ids=None)
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = create_ddp_model
 
 
 class ThroughputHook(hooks.HookBase):
@@ -170,26 +188,21 @@ class SEBenchTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode) -> None:
-        # DefaultTrainer.__init__ would build its own DDP wrapper and step trainer; the rest of
-        # its set-up is repeated here with ours.
-        TrainerBase.__init__(self)
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = wrap_ddp(model, cfg.MODEL.DEVICE)
-        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
         self.last_eval_results: dict[str, Any] | None = None
         self.eval_seconds: float | None = None
-        self.throughput = ThroughputHook(cfg.SOLVER.IMS_PER_BATCH)
-        self.register_hooks(self.build_hooks())
+        self.throughput = ThroughputHook(cfg.SOLVER.IMS_PER_BATCH)  # build_hooks registers it
+        with cpu_ddp(cfg.MODEL.DEVICE), warnings.catch_warnings():
+            # With AMP, DefaultTrainer makes an AMPTrainer whose GradScaler (deprecated
+            # torch.cuda.amp, "CUDA is not available" on the CPU) we replace right after.
+            warnings.filterwarnings("ignore", message=r".*GradScaler")
+            super().__init__(cfg)
+        # DefaultTrainer picks SimpleTrainer or its CUDA AMPTrainer; ours also runs CPU bf16.
+        self._trainer = build_step_trainer(cfg, self.model, self.data_loader, self.optimizer)
+        report_missing_weights(
+            self.checkpointer.model,
+            heads_may_be_random=True,
+            allow_partial_load=cfg.MODEL.SEBENCH.ALLOW_PARTIAL_LOAD,
+        )
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str) -> COCOEvaluator:
