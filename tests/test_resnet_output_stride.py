@@ -20,7 +20,9 @@ def test_equals_timm_output_stride(output_stride: int) -> None:
     with torch.no_grad():
         expected, got = reference.forward_features(x), ours.eval().forward_features(x)
     assert expected.shape == got.shape == (1, 2048, 96 // output_stride, 128 // output_stride)
-    assert torch.equal(expected, got)
+    # Not bit for bit: oneDNN may pick another algorithm for the same dilated convolution
+    # depending on what ran before in the process (seen in the full suite, not alone).
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert [f["reduction"] for f in ours.feature_info] == [
         f["reduction"] for f in reference.feature_info
     ]

@@ -218,13 +218,13 @@ def _fpn_from_cfg(
             f"MODEL.FPN.IN_FEATURES {in_features} asks for {missing}, which "
             f"MODEL.RESNETS.OUT_FEATURES {bottom_up_features} does not produce"
         )
+    bottom_up = _trunk_from_cfg(cfg, bottom_up_features)  # checks RES5_DILATION is 1 or 2
     if "res5" in in_features and cfg.MODEL.RESNETS.RES5_DILATION != 1:
         raise InputError(
             "MODEL.RESNETS.RES5_DILATION 2 keeps res5 at res4's stride (16), but detectron2's "
             "FPN needs strides that double from level to level: drop res5 from "
             "MODEL.FPN.IN_FEATURES or set RES5_DILATION 1"
         )
-    bottom_up = _trunk_from_cfg(cfg, bottom_up_features)
     return FPN(
         bottom_up=bottom_up,
         in_features=in_features,
