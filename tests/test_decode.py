@@ -24,7 +24,11 @@ from tasks.classification.data.decode import (
     Normalize,
     PILDecode,
     ReducedDecode,
+    _aligned_start,
+    _resize_box,
+    _resize_box_pil,
     dct_scale,
+    decode_rgb,
     image_size,
 )
 from tasks.classification.data.gpu_decode import DeviceDecoder, PlanOnly, collate_encoded
@@ -132,6 +136,29 @@ def test_dct_scale_keeps_what_is_resized_at_least_its_output_size():
     resize_then_crop = CropPlan(0, 0, 224, 224, size=(224, 224), resize=(256, 341))
     assert dct_scale(resize_then_crop, 1536, 2048) == 4  # 384 x 512 >= 256 x 341
     assert dct_scale(resize_then_crop, 600, 800) == 2
+
+
+def test_fractional_box_resize_is_pil_s_filter(photos):
+    # Boxes of whole original pixels in an image decoded at 1/2 and 1/4: corners on quarters,
+    # sides of 1 to 2 output pixels per step. torch's kernel (from a whole row and column, a
+    # few leading outputs dropped) against PIL's resize of the fractional box as it is.
+    generator = torch.Generator().manual_seed(0)
+    torch_path = 0
+    for scale in (2, 4):
+        image = torch.from_numpy(decode_rgb(photos["large"], scale=scale)).permute(2, 0, 1)
+        _, height, width = image.shape
+        for _ in range(40):
+            side_y, side_x = (CROP * (1 + torch.rand(2, generator=generator))).tolist()
+            top = int(torch.randint(0, 4 * int(height - side_y), (1,), generator=generator)) / 4
+            left = int(torch.randint(0, 4 * int(width - side_x), (1,), generator=generator)) / 4
+            box = (left, top, left + side_x, top + side_y)
+            got = _resize_box(image, box, (CROP, CROP)).float()
+            expected = _resize_box_pil(image, box, (CROP, CROP)).float()
+            diff = (got - expected).abs()
+            assert diff.mean() < 0.5 and diff.max() <= 8, (scale, box, float(diff.mean()))
+            starts = (_aligned_start(top, side_y / CROP), _aligned_start(left, side_x / CROP))
+            torch_path += None not in starts
+    assert torch_path > 60, f"torch's kernel resized only {torch_path} of 80 boxes"
 
 
 def test_non_jpeg_and_cmyk_jpeg_take_the_pil_route(photos):
