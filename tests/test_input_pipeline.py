@@ -11,7 +11,7 @@ def test_input_pipeline_reports_every_path_and_goal(tmp_path):
     out = tmp_path / "ip.json"
     result = input_pipeline.main(["--images", "2", "--repeats", "1", "--out", str(out)])
     assert json.loads(out.read_text())["benchmark"] == "input_pipeline"
-    paths = {"torchvision", "ours_folder", "ours_shards", "bare_decode"}
+    paths = {"torchvision", "ours_folder", "ours_shards", "ours_folder_as_shards", "bare_decode"}
     for size in ("small", "large"):
         report = result["sizes"][size]
         assert set(report["images_per_s"]) == paths
