@@ -7,6 +7,7 @@ machine (CPU or GPU model, threads).
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import platform
@@ -14,6 +15,8 @@ import subprocess
 from pathlib import Path
 
 import torch
+
+from backbones.errors import InputError
 
 # The repository the benchmarks' code lives in: the code measured, whatever the working folder.
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +90,19 @@ def describe(env: dict) -> str:
     return (
         f"{machine}; torch {env['torch']}, {env['threads']} threads; commit {code}; {env['date']}"
     )
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """A run's command-line settings as JSON values (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+def require_at_least_one(args: argparse.Namespace, *keys: str) -> None:
+    """Refuse a count flag below 1, naming the flag and the value given."""
+    for key in keys:
+        if getattr(args, key) < 1:
+            flag = "--" + key.replace("_", "-")
+            raise InputError(f"{flag} must be at least 1, got {getattr(args, key)}")
 
 
 def save_result(result: dict, path: Path | None) -> None:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 import backbones
 from backbones.errors import run_command
-from benchmarks._env import describe, environment, save_result
+from benchmarks._env import describe, environment, save_result, settings_of
 from tasks.classification.data.cifar import (
     MEAN,
     NUM_CLASSES,
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     subject, baseline = args.models[0], args.models[-1]
     result = dict(
         benchmark="cifar_throughput",
-        settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        settings=settings_of(args),
         environment=env,
         input_images_per_s={k: round(v, 1) for k, v in inputs.items()},
         train_images_per_s={k: round(v, 1) for k, v in models.items()},

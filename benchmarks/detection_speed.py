@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from backbones.errors import run_command
-from benchmarks._env import describe, environment, save_result
+from benchmarks._env import describe, environment, require_at_least_one, save_result, settings_of
 from benchmarks.throughput import (
     PRECISIONS,
     _autocast,
@@ -159,9 +159,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="rounds (5)")
     p.add_argument("--out", type=Path, help="write the result as JSON")
     args = p.parse_args(argv)
-    for key in ("batch_size", "image_size", "boxes", "iters", "repeats"):
-        if getattr(args, key) < 1:
-            p.error(f"--{key.replace('_', '-')} must be >= 1")
+    require_at_least_one(args, "batch_size", "image_size", "boxes", "iters", "repeats")
     return args
 
 
@@ -187,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     se, plain = args.trunks
     ratios = [a / b for a, b in zip(seconds[se], seconds[plain])]
     result = {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": settings_of(args),
         "environment": env,
         "seconds_per_iter": {t: round(statistics.median(s), 4) for t, s in seconds.items()},
         "ratio": round(statistics.median(ratios), 4),

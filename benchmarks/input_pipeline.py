@@ -43,6 +43,7 @@ import io
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -59,7 +60,8 @@ from torchvision import datasets
 from torchvision.io import decode_jpeg
 from torchvision.transforms import v2
 
-from benchmarks._env import environment, save_result
+from backbones.errors import run_command
+from benchmarks._env import environment, require_at_least_one, save_result, settings_of
 from tasks.classification.data.decode import (
     CropSampler,
     Normalize,
@@ -103,7 +105,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cuda: also time the GPU decode path")
     p.add_argument("--gpu-batch", type=int, default=256, help="GPU path batch size (256)")
     p.add_argument("--out", type=Path, help="write the JSON result here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    require_at_least_one(args, "images", "repeats", "gpu_batch")
+    return args
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,8 +399,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(1)  # as in a DataLoader worker
     result: dict[str, Any] = {"benchmark": "input_pipeline", "environment": environment(),
-                              "settings": {k: str(v) if isinstance(v, Path) else v
-                                           for k, v in vars(args).items()},
+                              "settings": settings_of(args),
                               "photographs": sorted(photographs()), "sizes": {}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="input_pipeline_") as tmp:
         for size in SIZES:
@@ -435,5 +438,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return result
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.input_pipeline``: exit code 2 and one line on bad input."""
+    return run_command("input_pipeline", lambda: main(argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.errors import InputError, run_command
-from benchmarks._env import describe, environment, save_result
+from benchmarks._env import describe, environment, require_at_least_one, save_result, settings_of
 from benchmarks._specs import build_model, parse_spec
 from benchmarks._variants import median_ms, paired_ratio, time_variants, variants_table
 from benchmarks.throughput import PRECISIONS, _autocast, _device
@@ -103,11 +103,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (3)")
     p.add_argument("--out", type=Path, help="write the JSON result here")
     args = p.parse_args(argv)
-    for key in ("batch_size", "check_every", "repeats", "steps"):
-        if getattr(args, key) < 1:
-            raise InputError(
-                f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}"
-            )
+    require_at_least_one(args, "batch_size", "check_every", "repeats", "steps")
     return args
 
 
@@ -137,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )  # fmt: skip
     result = {
         "benchmark": "nonfinite_check",
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "settings": settings_of(args),
         "environment": env,
         "ms_per_step": median_ms(seconds),
         "time_over_none": {name: paired_ratio(seconds, name, "none") for name in VARIANTS},

@@ -31,7 +31,7 @@ from torch import nn
 import backbones
 from backbones.errors import InputError, run_command
 from backbones.layers.se import ResidualSE, SEBlock
-from benchmarks._env import describe, environment, save_result
+from benchmarks._env import describe, environment, require_at_least_one, save_result, settings_of
 from benchmarks._variants import median_ms, paired_ratio, time_variants, variants_table
 from benchmarks.throughput import _device, make_step
 
@@ -96,9 +96,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first (3)")
     p.add_argument("--out", type=Path, help="write the JSON result here")
     args = p.parse_args(argv)
-    for key in ("batch_size", "repeats", "calls"):
-        if getattr(args, key) < 1:
-            p.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    require_at_least_one(args, "batch_size", "repeats", "calls")
     return args
 
 
@@ -120,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )  # fmt: skip
     result = {
         "benchmark": "se_breakdown",
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "settings": settings_of(args),
         "environment": env,
         "se_blocks": len(blocks),
         "ms_per_call": median_ms(seconds),

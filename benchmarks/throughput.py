@@ -51,7 +51,7 @@ from torch import nn
 
 from backbones.errors import InputError, run_command
 from backbones.weights.resnet import check_timm_conventions
-from benchmarks._env import environment, save_result
+from benchmarks._env import environment, require_at_least_one, save_result, settings_of
 from benchmarks._goals import evaluate_goals, to_markdown
 from benchmarks._specs import (
     PLAIN_BASELINES,
@@ -379,10 +379,7 @@ def model_groups(args: argparse.Namespace) -> list[list[ModelSpec]]:
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    for key in ("batch_size", "repeats", "steps"):
-        if getattr(args, key) < 1:
-            flag = "--" + key.replace("_", "-")
-            raise InputError(f"{flag} must be at least 1, got {getattr(args, key)}")
+    require_at_least_one(args, "batch_size", "repeats", "steps")
     if args.warmup < 0:
         raise InputError(f"--warmup must be 0 or more, got {args.warmup}")
     if args.peak_size is not None and args.peak_size < 1:
@@ -452,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     torch.manual_seed(0)
     peak = measure_matmul_peak(device, peak_dtype(device, args.precision), args.peak_size)
     print(f"matmul peak: {peak['tflops']:.3f} TFLOP/s ({peak['dtype']})", flush=True)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings = settings_of(args)
     settings["device"] = device.type
     result = {"benchmark": "throughput", "settings": settings, "environment": environment(),
                   "peak": peak, "groups": [], "models": {}, "pairs": {}}
