@@ -311,7 +311,6 @@ class Places365DataModule(CropDataModule):
             raise MissingFileError(f"{self.categories_file} does not exist;\n{self.layout}")
 
     def _read(self, split: str, decode: Callable[[bytes, str], Any] | None) -> _Places365:
-        self._check_files()
         return _read_list(
             self.data_dir,
             split=self.split if split == "train" else "val",
@@ -325,6 +324,7 @@ class Places365DataModule(CropDataModule):
         return self._read(split, self.decoder(train=split == "train"))
 
     def source_samples(self, split: str) -> list[tuple[str, int]]:
+        self._check_files()
         dataset = self._read(split, None)
         return [(dataset.path(i), int(label)) for i, label in enumerate(dataset.labels)]
 
