@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.nn import functional as F
 from torchvision.transforms import v2
 
 from tasks.classification.data.decode import (
@@ -25,6 +26,7 @@ from tasks.classification.data.decode import (
     PILDecode,
     ReducedDecode,
     _aligned_start,
+    _resize,
     _resize_box,
     _resize_box_pil,
     dct_scale,
@@ -159,6 +161,22 @@ def test_fractional_box_resize_is_pil_s_filter(photos):
             starts = (_aligned_start(top, side_y / CROP), _aligned_start(left, side_x / CROP))
             torch_path += None not in starts
     assert torch_path > 60, f"torch's kernel resized only {torch_path} of 80 boxes"
+
+
+def test_resize_of_a_crop_view_is_the_plain_resize_of_its_pixels(photos):
+    # _resize lays a crop of the decoded [H, W, 3] array out channels-last and contiguous for
+    # torch's vectorised uint8 kernel: the pixels must be those of the plain call on a copy.
+    image = torch.from_numpy(decode_rgb(photos["large"])).permute(2, 0, 1)
+    for top, left, side, size in (
+        (0, 0, 300, (32, 32)),
+        (17, 41, 150, (224, 224)),
+        (5, 3, 20, (32, 48)),
+    ):
+        view = image[:, top : top + side, left : left + side]
+        expected = F.interpolate(
+            view.contiguous()[None], size=size, mode="bilinear", antialias=True
+        )[0]
+        assert torch.equal(_resize(view, size), expected), (top, left, side, size)
 
 
 def test_non_jpeg_and_cmyk_jpeg_take_the_pil_route(photos):
