@@ -16,6 +16,12 @@ def test_input_pipeline_reports_every_path_and_goal(tmp_path):
         report = result["sizes"][size]
         assert set(report["images_per_s"]) == paths
         assert report["fastest_decoder"] in input_pipeline.FULL_DECODERS
+        decoders = {
+            **input_pipeline.FULL_DECODERS,
+            **input_pipeline.HALF_DECODERS,
+            **input_pipeline.OTHER_DECODERS,
+        }
+        assert set(report["decoders_images_per_s"]) == set(decoders)
         assert all(r["median"] > 0 for r in report["images_per_s"].values())
         assert report["ours_against_torchvision"]["mean_abs_diff"] < 4
     assert result["sizes"]["large"]["short_side_range"][0] >= 512
